@@ -1,0 +1,8 @@
+"""mega-fairseq: Mega sequence models as a fairseq plugin.
+
+Importing this package (``--user-dir mega_fairseq``) registers every model, architecture,
+task and criterion with fairseq.
+"""
+
+MEGA_FAIRSEQ_PLUGIN = True
+__version__ = "0.1.0"
