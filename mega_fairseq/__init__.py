@@ -6,3 +6,5 @@ task and criterion with fairseq.
 
 MEGA_FAIRSEQ_PLUGIN = True
 __version__ = "0.1.0"
+
+from mega_fairseq import models  # noqa: E402,F401  (registers models and architectures)

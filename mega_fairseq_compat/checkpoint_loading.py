@@ -1,22 +1,21 @@
 """Fix 3: checkpoint loading under torch >= 2.6, where ``torch.load`` defaults to
 ``weights_only=True``.
 
-fairseq's checkpoints are not only tensors: ``args`` is an :class:`argparse.Namespace`
-(checkpoints of older fairseq versions, and fairseq's own upgrade path), and the saved
-metric state holds numpy scalars.  Instead of switching the safe loader off, exactly
-these types are registered with :func:`torch.serialization.add_safe_globals`; every other
-global in a checkpoint is still refused.
+Apart from tensors and plain containers, a fairseq 0.12.2 checkpoint holds exactly one
+kind of object: :class:`argparse.Namespace`, used for the model config of every
+architecture registered the legacy way (``cfg['model']``, e.g. ``transformer``) and for
+``args`` in checkpoints of older fairseq versions.  Without it resuming, ``fairseq-generate``
+and ``fairseq-validate`` fail with ``Unsupported global: GLOBAL argparse.Namespace``.
+Instead of switching the safe loader off, this type alone is registered with
+:func:`torch.serialization.add_safe_globals`; every other global is still refused.
+(Mega's own models use dataclass configs, which fairseq saves as plain dicts.)
 """
 
 import argparse
 
-import numpy
 import torch
 
-
-def fairseq_checkpoint_globals():
-    """The non-tensor types fairseq 0.12.2 writes into checkpoints."""
-    return [argparse.Namespace]
+FAIRSEQ_CHECKPOINT_GLOBALS = (argparse.Namespace,)
 
 
 def needed() -> bool:
@@ -25,4 +24,4 @@ def needed() -> bool:
 
 def apply() -> None:
     if needed():
-        torch.serialization.add_safe_globals(fairseq_checkpoint_globals())
+        torch.serialization.add_safe_globals(list(FAIRSEQ_CHECKPOINT_GLOBALS))

@@ -14,7 +14,6 @@ only for the duration of that one check.  Nothing changes on Python < 3.11 or fo
 other code.
 """
 
-import dataclasses
 import sys
 
 PATCHED_MODULE_PREFIXES = ("fairseq", "hydra")
@@ -31,6 +30,8 @@ def _defined_in_patched_module(cls) -> bool:
 
 
 def _get_field_allowing_dataclass_defaults(cls, a_name, a_type, *args, **kwargs):
+    import dataclasses
+
     default = getattr(cls, a_name, dataclasses.MISSING)
     if isinstance(default, dataclasses.Field):  # written as ``x: T = field(default=...)``
         default = default.default
@@ -63,5 +64,11 @@ def apply() -> None:
     global _original_get_field
     if not needed() or _original_get_field is not None:
         return
+    # imported here, not at the top: this module is loaded by the import hook while
+    # ``dataclasses`` itself may still be initialising
+    import dataclasses
+
+    if dataclasses._get_field is _get_field_allowing_dataclass_defaults:
+        return  # the import above ran the hook, which applied the fix already
     _original_get_field = dataclasses._get_field
     dataclasses._get_field = _get_field_allowing_dataclass_defaults

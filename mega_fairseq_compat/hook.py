@@ -13,7 +13,7 @@ from typing import Callable, Dict, List
 Fix = Callable[[], None]
 
 
-def _before_fairseq_or_hydra() -> None:
+def _dataclass_defaults() -> None:
     from mega_fairseq_compat import dataclass_defaults
 
     dataclass_defaults.apply()
@@ -47,11 +47,16 @@ def _after_distributed_fairseq_model() -> None:
 
 # module name -> fixes to run before the module's code executes
 BEFORE_IMPORT: Dict[str, List[Fix]] = {
-    "fairseq": [_before_fairseq_or_hydra, _before_fairseq],
-    "hydra": [_before_fairseq_or_hydra],
+    "fairseq": [_dataclass_defaults, _before_fairseq],
+    "hydra": [_dataclass_defaults],
 }
 # module name -> fixes to run after the module's code executed
 AFTER_IMPORT: Dict[str, List[Fix]] = {
+    # fairseq and hydra modules can also be loaded by finders placed before this one
+    # (pytest's assertion rewriter loads hydra's pytest plugin), so the dataclass wrapper
+    # is also installed as soon as ``dataclasses`` itself is imported; it changes nothing
+    # for classes outside fairseq and hydra.
+    "dataclasses": [_dataclass_defaults],
     "fairseq.utils": [_after_fairseq_utils],
     "fairseq.modules.transformer_layer": [_after_transformer_layer],
     "fairseq.models.distributed_fairseq_model": [_after_distributed_fairseq_model],

@@ -1,0 +1,174 @@
+"""The Mega decoder stack shared by ``mega_lm`` (no encoder) and the ``mega`` translation
+model (with gated cross-attention)."""
+
+import math
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from fairseq import utils
+from fairseq.models import FairseqIncrementalDecoder
+from fairseq.modules import AdaptiveSoftmax, FairseqDropout
+
+from mega_fairseq.modules.incremental import IncrementalState
+from mega_fairseq.modules.mega_layer import MegaLayer, MegaLayerSettings
+from mega_fairseq.modules.sequence_norm import SequenceNorm
+
+_STEPS_KEY = "decoded"
+
+
+class MegaDecoder(FairseqIncrementalDecoder):
+    """Causal Mega blocks over target tokens.
+
+    Args:
+        settings: block settings (``causal=True``; ``cross_attention`` for translation)
+        num_layers: number of blocks
+        dictionary: target dictionary
+        embed_tokens: ``nn.Embedding`` or fairseq ``AdaptiveInput``
+        max_target_positions: longest target the model accepts
+        scale_embedding / normalize_embedding / affine_final_norm: embedding options
+        share_input_output_embed: tie the output projection to ``embed_tokens``
+        adaptive_softmax: optional fairseq ``AdaptiveSoftmax`` (replaces the projection)
+        positions_unbounded: True when no part of the model limits the length (rotary bias
+            or chunked attention); then :meth:`max_positions` is not limited
+    """
+
+    def __init__(
+        self,
+        settings: MegaLayerSettings,
+        num_layers: int,
+        dictionary,
+        embed_tokens: nn.Module,
+        max_target_positions: int,
+        scale_embedding: bool = True,
+        normalize_embedding: bool = False,
+        affine_final_norm: bool = True,
+        share_input_output_embed: bool = False,
+        adaptive_softmax: Optional[AdaptiveSoftmax] = None,
+        positions_unbounded: bool = False,
+    ):
+        super().__init__(dictionary)
+        if num_layers <= 0:
+            raise ValueError(f"decoder_layers must be a positive integer, got {num_layers}")
+        embed_dim = settings.embed_dim
+        self.padding_idx = dictionary.pad()
+        self.embed_tokens = embed_tokens
+        self.embed_scale = math.sqrt(embed_dim) if scale_embedding else 1.0
+        self.embedding_norm = (
+            SequenceNorm(settings.norm_type, embed_dim, affine=settings.norm_affine)
+            if normalize_embedding
+            else None
+        )
+        self.embedding_dropout = FairseqDropout(settings.dropout, module_name="MegaDecoder")
+        self.layers = nn.ModuleList([MegaLayer(settings) for _ in range(num_layers)])
+        self.final_norm = (
+            SequenceNorm(settings.norm_type, embed_dim, affine=affine_final_norm)
+            if settings.prenorm
+            else None
+        )
+        self.max_target_positions = max_target_positions
+        self.positions_unbounded = positions_unbounded
+        self.adaptive_softmax = adaptive_softmax
+        self.output_projection = None
+        if adaptive_softmax is None:
+            self.output_projection = nn.Linear(embed_dim, len(dictionary), bias=False)
+            if share_input_output_embed:
+                self.output_projection.weight = embed_tokens.weight
+            else:
+                nn.init.normal_(self.output_projection.weight, mean=0.0, std=embed_dim ** -0.5)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: Optional[Dict[str, List[Tensor]]] = None,
+        incremental_state: Optional[IncrementalState] = None,
+        features_only: bool = False,
+        src_lengths: Optional[Any] = None,
+        return_all_hiddens: bool = False,
+        **unused,
+    ):
+        """prev_output_tokens: B x T.  Returns (B x T x V logits (or B x T x C features),
+        {"attn": [B x T x S or None], "inner_states": [T x B x C, ...]}).
+
+        With ``incremental_state`` only the tokens not decoded yet are run (usually the
+        last one); the prefix is never recomputed.
+        """
+        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        if not features_only:
+            x = self.output_layer(x)
+        return x, extra
+
+    def extract_features(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: Optional[Dict[str, List[Tensor]]] = None,
+        incremental_state: Optional[IncrementalState] = None,
+        **unused,
+    ):
+        tokens = prev_output_tokens
+        if incremental_state is not None:
+            decoded = self._decoded_positions(incremental_state)
+            tokens = tokens[:, decoded:]
+            self._set_decoded_positions(incremental_state, decoded + tokens.size(1))
+        padding_mask = tokens.eq(self.padding_idx)
+        if not padding_mask.any():
+            padding_mask = None
+
+        enc, enc_padding_mask = None, None
+        if encoder_out is not None and len(encoder_out.get("encoder_out", [])) > 0:
+            enc = encoder_out["encoder_out"][0]
+            masks = encoder_out.get("encoder_padding_mask", [])
+            enc_padding_mask = masks[0] if len(masks) > 0 else None
+
+        x = self.embed_scale * self.embed_tokens(tokens)
+        x = x.transpose(0, 1)  # B x T x C -> T x B x C
+        if self.embedding_norm is not None:
+            x = self.embedding_norm(x, padding_mask)
+        x = self.embedding_dropout(x)
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.transpose(0, 1).unsqueeze(-1), 0.0)
+
+        inner_states: List[Optional[Tensor]] = [x]
+        attn: Optional[Tensor] = None
+        for layer in self.layers:
+            x, layer_attn = layer(
+                x,
+                padding_mask=padding_mask,
+                encoder_out=enc,
+                encoder_padding_mask=enc_padding_mask,
+                incremental_state=incremental_state,
+                need_attn=False,
+            )
+            inner_states.append(x)
+            attn = layer_attn if layer_attn is not None else attn
+        if self.final_norm is not None:
+            x = self.final_norm(x, padding_mask)
+        return x.transpose(0, 1), {"attn": [attn], "inner_states": inner_states}
+
+    def output_layer(self, features: Tensor) -> Tensor:
+        if self.adaptive_softmax is None:
+            return self.output_projection(features)
+        return features
+
+    # ------------------------------------------------------------- incremental
+    def _decoded_positions(self, incremental_state: IncrementalState) -> int:
+        state = self.get_incremental_state(incremental_state, _STEPS_KEY)
+        if state is None:
+            return 0
+        return int(state["count"].item())
+
+    def _set_decoded_positions(self, incremental_state: IncrementalState, count: int) -> None:
+        self.set_incremental_state(
+            incremental_state, _STEPS_KEY, {"count": torch.tensor(count, dtype=torch.long)}
+        )
+
+    def max_positions(self):
+        if self.positions_unbounded:
+            return int(1e6)
+        return self.max_target_positions
+
+    def get_normalized_probs(self, net_output, log_probs, sample=None):
+        return self.get_normalized_probs_scriptable(net_output, log_probs, sample)

@@ -1,0 +1,238 @@
+"""``mega_lm``: a decoder-only Mega language model for fairseq's ``language_modeling`` task."""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch.nn as nn
+from omegaconf import II
+
+from fairseq import utils
+from fairseq.models import FairseqLanguageModel, register_model, register_model_architecture
+from fairseq.modules import AdaptiveInput, AdaptiveSoftmax
+from fairseq.utils import safe_getattr
+
+from mega_fairseq.models.mega_decoder import MegaDecoder
+from mega_fairseq.models.mega_options import (
+    MegaCommonConfig,
+    MegaDecoderConfig,
+    chunk_size_or_none,
+    layer_settings,
+)
+
+
+@dataclass
+class MegaLanguageModelConfig(MegaCommonConfig, MegaDecoderConfig):
+    adaptive_input: bool = field(default=False, metadata={"help": "use adaptive input embeddings"})
+    adaptive_input_factor: float = field(default=4, metadata={"help": "adaptive input factor"})
+    adaptive_input_cutoff: Optional[str] = field(
+        default=None, metadata={"help": "comma separated list of adaptive input cutoff points"}
+    )
+    adaptive_softmax_cutoff: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "comma separated list of adaptive softmax cutoff points; "
+            "use with the adaptive_loss criterion"
+        },
+    )
+    adaptive_softmax_dropout: float = field(
+        default=0.0, metadata={"help": "adaptive softmax dropout for the tail projections"}
+    )
+    adaptive_softmax_factor: float = field(default=4, metadata={"help": "adaptive softmax factor"})
+    tie_adaptive_weights: bool = field(
+        default=False, metadata={"help": "tie the weights of adaptive softmax and adaptive input"}
+    )
+    tie_adaptive_proj: bool = field(
+        default=False,
+        metadata={"help": "tie the projections of adaptive softmax and adaptive input"},
+    )
+    tokens_per_sample: int = II("task.tokens_per_sample")
+
+
+def _cutoffs(text: Optional[str], option: str, vocab_size: int):
+    if text is None:
+        raise ValueError(f"--{option} is required with adaptive input/softmax")
+    cutoffs = utils.eval_str_list(text, type=int)
+    if any(c >= vocab_size for c in cutoffs):
+        # fairseq's AdaptiveSoftmax/AdaptiveInput append the vocabulary size themselves
+        cutoffs = [c for c in cutoffs if c < vocab_size]
+    return cutoffs
+
+
+@register_model("mega_lm", dataclass=MegaLanguageModelConfig)
+class MegaLanguageModel(FairseqLanguageModel):
+    """Decoder-only Mega: causal EMA + causal gated attention + normalized FFN blocks."""
+
+    @classmethod
+    def build_model(cls, cfg: MegaLanguageModelConfig, task):
+        dictionary = task.target_dictionary
+        max_target_positions = cfg.max_target_positions
+        if max_target_positions is None:
+            max_target_positions = safe_getattr(cfg, "tokens_per_sample", 1024)
+        tokens_per_sample = safe_getattr(cfg, "tokens_per_sample", None)
+        chunked = chunk_size_or_none(cfg.decoder_chunk_size) is not None
+        positions_unbounded = chunked or str(cfg.rel_pos_bias) == "rotary"
+        if (
+            not positions_unbounded
+            and tokens_per_sample is not None
+            and tokens_per_sample > max_target_positions
+        ):
+            raise ValueError(
+                f"--tokens-per-sample {tokens_per_sample} exceeds --max-target-positions "
+                f"{max_target_positions}, the length limit of the 'simple' relative position "
+                "bias; raise --max-target-positions, use --rel-pos-bias rotary, or chunk with "
+                "--decoder-chunk-size"
+            )
+
+        embed_dim = cfg.decoder_embed_dim
+        if cfg.adaptive_input:
+            embed_tokens = AdaptiveInput(
+                len(dictionary),
+                dictionary.pad(),
+                embed_dim,
+                cfg.adaptive_input_factor,
+                embed_dim,
+                _cutoffs(cfg.adaptive_input_cutoff, "adaptive-input-cutoff", len(dictionary)),
+                0,
+                8,
+            )
+        else:
+            embed_tokens = build_embedding(dictionary, embed_dim)
+
+        adaptive_softmax = None
+        if cfg.adaptive_softmax_cutoff is not None:
+            if cfg.tie_adaptive_weights:
+                if not cfg.adaptive_input:
+                    raise ValueError("--tie-adaptive-weights requires --adaptive-input")
+                if (
+                    cfg.adaptive_input_factor != cfg.adaptive_softmax_factor
+                    or cfg.adaptive_input_cutoff != cfg.adaptive_softmax_cutoff
+                ):
+                    raise ValueError(
+                        "--tie-adaptive-weights requires equal adaptive input/softmax factors "
+                        f"and cutoffs, got {cfg.adaptive_input_factor}/{cfg.adaptive_input_cutoff} "
+                        f"vs {cfg.adaptive_softmax_factor}/{cfg.adaptive_softmax_cutoff}"
+                    )
+            adaptive_softmax = AdaptiveSoftmax(
+                len(dictionary),
+                embed_dim,
+                _cutoffs(cfg.adaptive_softmax_cutoff, "adaptive-softmax-cutoff", len(dictionary)),
+                dropout=cfg.adaptive_softmax_dropout,
+                adaptive_inputs=embed_tokens if cfg.tie_adaptive_weights else None,
+                factor=cfg.adaptive_softmax_factor,
+                tie_proj=cfg.tie_adaptive_proj,
+            )
+        elif cfg.tie_adaptive_weights:
+            raise ValueError("--tie-adaptive-weights requires --adaptive-softmax-cutoff")
+        if cfg.share_decoder_input_output_embed and cfg.adaptive_input:
+            raise ValueError(
+                "--share-decoder-input-output-embed cannot be used with --adaptive-input; "
+                "use --tie-adaptive-weights"
+            )
+
+        decoder = MegaDecoder(
+            layer_settings(cfg, "decoder", max_target_positions, causal=True),
+            cfg.decoder_layers,
+            dictionary,
+            embed_tokens,
+            max_target_positions=max_target_positions,
+            scale_embedding=not cfg.no_scale_embedding,
+            normalize_embedding=cfg.normalize_embedding,
+            affine_final_norm=not cfg.no_affine_final_norm,
+            share_input_output_embed=cfg.share_decoder_input_output_embed,
+            adaptive_softmax=adaptive_softmax,
+            positions_unbounded=positions_unbounded,
+        )
+        return cls(decoder)
+
+
+def build_embedding(dictionary, embed_dim: int) -> nn.Embedding:
+    """Token embeddings ~ N(0, embed_dim^-0.5) with a zero padding row."""
+    embedding = nn.Embedding(len(dictionary), embed_dim, padding_idx=dictionary.pad())
+    nn.init.normal_(embedding.weight, mean=0.0, std=embed_dim ** -0.5)
+    nn.init.constant_(embedding.weight[dictionary.pad()], 0.0)
+    return embedding
+
+
+# ----------------------------------------------------------------- architectures
+def _set_defaults(args, **defaults):
+    for name, value in defaults.items():
+        setattr(args, name, safe_getattr(args, name, value))
+
+
+def _set_sizes(args, embed, hidden, ffn, z, n, layers):
+    _set_defaults(
+        args,
+        decoder_embed_dim=embed,
+        decoder_hidden_dim=hidden,
+        decoder_ffn_embed_dim=ffn,
+        decoder_z_dim=z,
+        decoder_n_dim=n,
+        decoder_layers=layers,
+    )
+
+
+@register_model_architecture("mega_lm", "mega_lm")
+def mega_lm_base(args):
+    _set_sizes(args, 512, 1664, 1664, 128, 16, 6)
+    _set_defaults(args, normalize_before=True, normalization_type="layernorm")
+
+
+@register_model_architecture("mega_lm", "mega_lm_tiny")
+def mega_lm_tiny(args):
+    _set_sizes(args, 64, 128, 128, 32, 4, 2)
+    _set_defaults(args, share_decoder_input_output_embed=True)
+    mega_lm_base(args)
+
+
+@register_model_architecture("mega_lm", "mega_lm_big")
+def mega_lm_big(args):
+    _set_sizes(args, 1024, 2048, 2048, 256, 16, 16)
+    mega_lm_base(args)
+
+
+def _adaptive(args):
+    _set_defaults(
+        args,
+        adaptive_input=True,
+        adaptive_input_cutoff="20000,60000",
+        adaptive_softmax_cutoff="20000,60000",
+        adaptive_input_factor=4,
+        adaptive_softmax_factor=4,
+        adaptive_softmax_dropout=0.2,
+        tie_adaptive_weights=True,
+        tie_adaptive_proj=True,
+        dropout=0.3,
+        decoder_chunk_size=1024,
+    )
+
+
+@register_model_architecture("mega_lm", "mega_lm_adaptive_big")
+def mega_lm_adaptive_big(args):
+    _adaptive(args)
+    mega_lm_big(args)
+
+
+@register_model_architecture("mega_lm", "mega_lm_wiki103")
+def mega_lm_wiki103(args):
+    mega_lm_adaptive_big(args)
+
+
+@register_model_architecture("mega_lm", "mega_lm_adaptive_base")
+def mega_lm_adaptive_base(args):
+    _set_sizes(args, 768, 1536, 1536, 128, 16, 16)
+    _adaptive(args)
+    mega_lm_base(args)
+
+
+@register_model_architecture("mega_lm", "mega_lm_enwik8_base")
+def mega_lm_enwik8_base(args):
+    _set_sizes(args, 512, 1024, 1024, 128, 16, 12)
+    _set_defaults(args, decoder_chunk_size=1024)
+    mega_lm_base(args)
+
+
+@register_model_architecture("mega_lm", "mega_lm_enwik8_large")
+def mega_lm_enwik8_large(args):
+    _set_sizes(args, 1024, 1536, 1536, 128, 16, 24)
+    _set_defaults(args, decoder_chunk_size=1024)
+    mega_lm_base(args)

