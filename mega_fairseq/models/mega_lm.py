@@ -22,6 +22,17 @@ from mega_fairseq.models.mega_options import (
 
 @dataclass
 class MegaLanguageModelConfig(MegaCommonConfig, MegaDecoderConfig):
+    # defaults = the ``mega_lm`` architecture (the paper's base LM sizes, pre-norm);
+    # fairseq registers the model name itself as an architecture with these defaults
+    decoder_hidden_dim: int = field(
+        default=1664, metadata={"help": "decoder gated attention value/hidden dimension"}
+    )
+    decoder_ffn_embed_dim: int = field(
+        default=1664, metadata={"help": "decoder normalized FFN hidden dimension"}
+    )
+    normalize_before: bool = field(
+        default=True, metadata={"help": "pre-norm blocks (post-norm when false)"}
+    )
     adaptive_input: bool = field(default=False, metadata={"help": "use adaptive input embeddings"})
     adaptive_input_factor: float = field(default=4, metadata={"help": "adaptive input factor"})
     adaptive_input_cutoff: Optional[str] = field(
@@ -52,9 +63,13 @@ def _cutoffs(text: Optional[str], option: str, vocab_size: int):
     if text is None:
         raise ValueError(f"--{option} is required with adaptive input/softmax")
     cutoffs = utils.eval_str_list(text, type=int)
-    if any(c >= vocab_size for c in cutoffs):
-        # fairseq's AdaptiveSoftmax/AdaptiveInput append the vocabulary size themselves
-        cutoffs = [c for c in cutoffs if c < vocab_size]
+    if sorted(cutoffs) != cutoffs or any(c <= 0 for c in cutoffs):
+        raise ValueError(f"--{option} must be increasing positive integers, got {text!r}")
+    if cutoffs[-1] > vocab_size:
+        raise ValueError(
+            f"--{option} {text!r} has a cutoff above the vocabulary size {vocab_size}; "
+            "choose cutoffs below it"
+        )
     return cutoffs
 
 
@@ -171,8 +186,8 @@ def _set_sizes(args, embed, hidden, ffn, z, n, layers):
     )
 
 
-@register_model_architecture("mega_lm", "mega_lm")
 def mega_lm_base(args):
+    """The ``mega_lm`` architecture (registered by fairseq from the config defaults)."""
     _set_sizes(args, 512, 1664, 1664, 128, 16, 6)
     _set_defaults(args, normalize_before=True, normalization_type="layernorm")
 

@@ -13,12 +13,10 @@ from typing import Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
-from mega_fairseq.modules.activations import ACTIVATIONS
+from mega_fairseq.modules.activations import ACTIVATIONS, ATTENTION_ACTIVATIONS
 from mega_fairseq.modules.mega_layer import MegaLayerSettings
 from mega_fairseq.modules.relative_position import REL_POS_BIAS_TYPES
 from mega_fairseq.modules.sequence_norm import NORM_TYPES
-
-ATTENTION_ACTIVATIONS = ("softmax", "laplace", "relu2")
 
 
 @dataclass

@@ -14,9 +14,8 @@ from torch import Tensor
 
 from mega_fairseq.modules.gated_attention import MovingAverageGatedAttention
 from mega_fairseq.modules.gated_cross_attention import GatedCrossAttention
-from mega_fairseq.modules.normalized_ffn import NormalizedFeedForwardNetwork
-
 from mega_fairseq.modules.incremental import IncrementalState
+from mega_fairseq.modules.normalized_ffn import NormalizedFeedForwardNetwork
 
 
 @dataclass

@@ -1,0 +1,179 @@
+"""Gated cross-attention of Mega decoders: target positions attend to the encoder output."""
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq.incremental_decoding_utils import with_incremental_state
+from fairseq.modules.fairseq_dropout import FairseqDropout
+from torch import Tensor
+
+from mega_fairseq.modules.activations import (
+    ATTENTION_ACTIVATIONS,
+    check_choice,
+    get_activation_fn,
+    laplace,
+    relu2,
+)
+from mega_fairseq.modules.dropout import build_dropout
+from mega_fairseq.modules.incremental import IncrementalState
+from mega_fairseq.modules.relative_position import build_relative_positional_bias
+from mega_fairseq.modules.sequence_norm import SequenceNorm
+
+_STATE_KEY = "cross_attn_state"
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """float32 copy of half precision tensors; others unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+@with_incremental_state
+class GatedCrossAttention(nn.Module):
+    """Single-head gated attention from decoder states (query) to encoder states (key).
+
+    With x the layer input (Tq x B x C) and enc the encoder output (Tk x B x C):
+        [u, r, q] = W_q norm(x)            (pre-norm; plain x in post-norm)
+        u = sigmoid(u), r = silu(r), k = W_k enc, v = act(W_v enc)
+        A = attention weights of q on k with a relative position bias (B x Tq x Tk)
+        h = dropout(act(W_h hidden_dropout((A v) * r)))
+        out = x + u * (h - x)              (then norm(out) in post-norm)
+    Incremental decoding caches k, v and the key padding mask of the encoder output once
+    per sentence and counts decoded target tokens for the query positions.
+    """
+
+    def __init__(self, embed_dim: int, zdim: int, dropout: float = 0.0,
+                 attention_dropout: float = 0.0, hidden_dropout: float = 0.0,
+                 activation: str = "silu", attention_activation: str = "softmax",
+                 norm_type: str = "layernorm", prenorm: bool = True, norm_affine: bool = True,
+                 feature_dropout: bool = False, rel_pos_bias: str = "simple",
+                 max_positions: int = 1024):
+        super().__init__()
+        check_choice("attention_activation", attention_activation, ATTENTION_ACTIVATIONS)
+        self.embed_dim = embed_dim
+        self.zdim = zdim
+        self.attention_activation = attention_activation
+        self.prenorm = prenorm
+        self.max_positions = max_positions
+        self.scaling = zdim ** -0.5
+        self.activation = get_activation_fn(activation)
+        name = self.__class__.__name__
+
+        self.norm = SequenceNorm(norm_type, embed_dim, affine=norm_affine)
+        self.q_proj = nn.Linear(embed_dim, 2 * embed_dim + zdim)  # -> u, r, q
+        self.k_proj = nn.Linear(embed_dim, zdim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.h_proj = nn.Linear(embed_dim, embed_dim)
+        self.rel_pos_bias = build_relative_positional_bias(rel_pos_bias, zdim, max_positions)
+        self.dropout = build_dropout(dropout, feature_dropout, name)
+        self.hidden_dropout = build_dropout(hidden_dropout, feature_dropout, name)
+        self.attention_dropout = FairseqDropout(attention_dropout, module_name=name)
+        self.reset_parameters()
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        for linear in (self.q_proj, self.k_proj, self.v_proj, self.h_proj):
+            nn.init.normal_(linear.weight, mean=0.0, std=std)
+            nn.init.zeros_(linear.bias)
+
+    def _project_key_value(self, key: Tensor) -> Tuple[Tensor, Tensor]:
+        """key: Tk x B x C -> k: B x Tk x zdim, v: B x Tk x C."""
+        k = self.k_proj(key).transpose(0, 1)
+        v = self.activation(self.v_proj(key)).transpose(0, 1)
+        return k, v
+
+    def _cached_key_value(self, key: Tensor, key_padding_mask: Optional[Tensor],
+                          incremental_state: IncrementalState, num_new: int):
+        """k, v, key padding mask and the first query position during incremental decoding;
+        computes and caches them on the first step of a sentence."""
+        saved = self.get_incremental_state(incremental_state, _STATE_KEY)
+        if saved is None:
+            k, v = self._project_key_value(key)
+            saved = {"prev_key": k, "prev_value": v, "prev_key_padding_mask": key_padding_mask,
+                     "num_steps": torch.zeros((), dtype=torch.long)}
+        start = int(saved["num_steps"])
+        saved["num_steps"] = torch.tensor(start + num_new, dtype=torch.long)
+        self.set_incremental_state(incremental_state, _STATE_KEY, saved)
+        return saved["prev_key"], saved["prev_value"], saved["prev_key_padding_mask"], start
+
+    def _attention_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor],
+                           first_query_position: int) -> Tensor:
+        """q: B x Tq x zdim, k: B x Tk x zdim, key_padding_mask: B x Tk -> weights B x Tq x Tk."""
+        tgt_len, src_len = q.size(1), k.size(1)
+        query_positions = torch.arange(first_query_position, first_query_position + tgt_len,
+                                       device=q.device)
+        key_positions = torch.arange(src_len, device=q.device)
+        # scores in at least float32: half precision inputs attend in float32
+        scores = _upcast(torch.bmm(q, k.transpose(1, 2)))  # B x Tq x Tk
+        bias = self.rel_pos_bias(query_positions, key_positions).to(scores.dtype)  # Tq x Tk
+        key_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(1)  # B x 1 x Tk
+
+        if self.attention_activation == "softmax":
+            scores = scores * self.scaling + bias
+            if key_mask is not None:
+                scores = scores.masked_fill(key_mask, float("-inf"))
+            return F.softmax(scores, dim=-1).type_as(q)
+
+        # laplace / relu2: scores scaled by the number of real keys, no renormalisation
+        if key_mask is None:
+            num_keys = torch.full((q.size(0), 1, 1), src_len, dtype=scores.dtype, device=q.device)
+        else:
+            num_keys = (~key_mask).sum(dim=-1, keepdim=True).clamp(min=1).to(scores.dtype)
+        scores = scores / num_keys + bias
+        weights = laplace(scores) if self.attention_activation == "laplace" else relu2(scores)
+        if key_mask is not None:
+            weights = weights.masked_fill(key_mask, 0.0)
+        return weights.type_as(q)
+
+    def forward(self, query: Tensor, key: Tensor, key_padding_mask: Optional[Tensor] = None,
+                incremental_state: Optional[IncrementalState] = None,
+                need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """query: Tq x B x C (decoder layer input); key: Tk x B x C (encoder output);
+        key_padding_mask: B x Tk (True = pad).
+
+        Returns the output (Tq x B x C) and, with ``need_weights``, the attention weights
+        (B x Tq x Tk, before attention dropout). With ``incremental_state``, ``query`` holds
+        the Tq >= 1 target tokens that follow those already decoded.
+        """
+        tgt_len = query.size(0)
+        residual = query
+        x = self.norm(query) if self.prenorm else query
+        u, r, q = torch.split(self.q_proj(x), [self.embed_dim, self.embed_dim, self.zdim], dim=-1)
+        u = torch.sigmoid(u)
+        r = F.silu(r)
+
+        if incremental_state is not None:
+            k, v, key_padding_mask, first_query_position = self._cached_key_value(
+                key, key_padding_mask, incremental_state, tgt_len)
+        else:
+            k, v = self._project_key_value(key)
+            first_query_position = 0
+
+        weights = self._attention_weights(q.transpose(0, 1), k, key_padding_mask,
+                                          first_query_position)
+        attended = torch.bmm(self.attention_dropout(weights), v).transpose(0, 1)  # Tq x B x C
+        h = self.hidden_dropout(attended * r)
+        h = self.dropout(self.activation(self.h_proj(h)))
+        out = torch.addcmul(residual, u, h - residual)
+        if not self.prenorm:
+            out = self.norm(out)
+        return out, (weights if need_weights else None)
+
+    @torch.jit.unused
+    def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
+        """Select (reorder / prune) the batch entries of the cached encoder keys, values and
+        padding mask; the step counter is shared by the whole batch."""
+        saved = self.get_incremental_state(incremental_state, _STATE_KEY)
+        if saved is None:
+            return
+        reordered: Dict[str, Optional[Tensor]] = dict(saved)
+        for name in ("prev_key", "prev_value", "prev_key_padding_mask"):
+            cached = saved.get(name)
+            if cached is not None:
+                reordered[name] = cached.index_select(0, new_order.to(cached.device))
+        self.set_incremental_state(incremental_state, _STATE_KEY, reordered)
+
+    def extra_repr(self) -> str:
+        return (f"embed_dim={self.embed_dim}, zdim={self.zdim}, "
+                f"attention_activation={self.attention_activation}, prenorm={self.prenorm}")

@@ -1,0 +1,42 @@
+"""``mega_lm`` end to end through the unmodified fairseq console scripts:
+fairseq-train -> checkpoint -> resume -> fairseq-eval-lm, on real text."""
+
+import re
+
+import pytest
+
+from conftest import REPO, console_script, run_cli
+
+TRAIN = [
+    "--user-dir", REPO / "mega_fairseq", "--task", "language_modeling", "--arch", "mega_lm_tiny",
+    "--tokens-per-sample", "64", "--decoder-chunk-size", "16", "--sample-break-mode", "none",
+    "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "20",
+    "--batch-size", "16", "--cpu", "--seed", "1", "--no-progress-bar", "--log-format", "simple",
+    "--no-epoch-checkpoints", "--log-interval", "20",
+]
+
+
+def _perplexity(output: str) -> float:
+    return float(re.search(r"Perplexity: ([0-9.]+)", output).group(1))
+
+
+@pytest.mark.slow
+def test_train_resume_and_eval_lm(tmp_path, shakespeare_lm_data):
+    save = tmp_path / "ckpt"
+    run_cli([console_script("fairseq-train"), shakespeare_lm_data, *TRAIN, "--max-update", "60", "--save-dir", save])
+    resumed = run_cli([console_script("fairseq-train"), shakespeare_lm_data, *TRAIN, "--max-update", "120",
+                       "--save-dir", save])
+    log = resumed.stdout + resumed.stderr
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 60 updates\)", log), log[-3000:]
+    assert "num_updates 120" in log
+
+    vocabulary = sum(1 for _ in open(shakespeare_lm_data / "dict.txt")) + 4
+    evaluate = [console_script("fairseq-eval-lm"), shakespeare_lm_data, "--user-dir", REPO / "mega_fairseq",
+                "--path", save / "checkpoint_last.pt", "--gen-subset", "test", "--cpu",
+                "--tokens-per-sample", "64", "--batch-size", "8"]
+    plain = run_cli(evaluate)
+    perplexity = _perplexity(plain.stdout + plain.stderr)
+    assert perplexity < vocabulary / 10, (perplexity, vocabulary)
+
+    windowed = run_cli(evaluate + ["--context-window", "32", "--softmax-batch", "100"])
+    assert _perplexity(windowed.stdout + windowed.stderr) < vocabulary / 10
