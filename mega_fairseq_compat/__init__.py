@@ -20,6 +20,8 @@ The fixes (one module each):
 * :mod:`~mega_fairseq_compat.user_dir` -- ``--user-dir`` pointing at a second copy of
   ``mega_fairseq`` (checkout vs installed, or a path stored in a checkpoint from another
   machine) reuses the copy already imported instead of failing.
+* :mod:`~mega_fairseq_compat.numpy_compat` -- ``numpy.compat.long``, removed in numpy 2,
+  is still used by two fairseq datasets.
 * :mod:`~mega_fairseq_compat.distributed` -- data-parallel training on CPU with the default
   ``--ddp-backend pytorch_ddp``.
 """

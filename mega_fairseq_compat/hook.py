@@ -22,9 +22,10 @@ def _dataclass_defaults() -> None:
 def _before_fairseq() -> None:
     # torch is fairseq's first import anyway; the allow-list must be in place before
     # fairseq can load a checkpoint.
-    from mega_fairseq_compat import checkpoint_loading
+    from mega_fairseq_compat import checkpoint_loading, numpy_compat
 
     checkpoint_loading.apply()
+    numpy_compat.apply()
 
 
 def _after_fairseq_utils() -> None:

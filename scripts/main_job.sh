@@ -3,14 +3,14 @@
 # bundled Shakespeare plays with the unmodified fairseq console scripts
 # (`fairseq-train --user-dir mega_fairseq`), evaluate it with `fairseq-eval-lm`, and
 # compare the test perplexity with the uniform baseline (the vocabulary size).
-# Output goes to ${WORK_DIR:-work-dirs/main_job}; MAX_UPDATE (default 600) sets the length.
+# Output goes to ${WORK_DIR:-work-dirs/main_job}; MAX_UPDATE (default 400) sets the length.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 VENV=${MEGA_FAIRSEQ_VENV:-.venv}
 export PATH="$PWD/$VENV/bin:$PATH"
 WORK=${WORK_DIR:-work-dirs/main_job}
-MAX_UPDATE=${MAX_UPDATE:-600}
+MAX_UPDATE=${MAX_UPDATE:-400}
 rm -rf "$WORK"
 mkdir -p "$WORK"
 
@@ -19,7 +19,7 @@ python scripts/prepare_lm_text.py --inputs examples/language_model/data/*.txt --
 
 echo "== 2/4 binarise with fairseq-preprocess"
 fairseq-preprocess --only-source --trainpref "$WORK/text/train.txt" --validpref "$WORK/text/valid.txt" \
-    --testpref "$WORK/text/test.txt" --destdir "$WORK/bin" --workers 2 > "$WORK/preprocess.log"
+    --testpref "$WORK/text/test.txt" --destdir "$WORK/bin" --workers 2 > "$WORK/preprocess.log" 2>&1
 tail -n 1 "$WORK/preprocess.log"
 
 echo "== 3/4 train mega_lm_tiny ($MAX_UPDATE updates) with fairseq-train --user-dir mega_fairseq"

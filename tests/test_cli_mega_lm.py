@@ -40,3 +40,13 @@ def test_train_resume_and_eval_lm(tmp_path, shakespeare_lm_data):
 
     windowed = run_cli(evaluate + ["--context-window", "32", "--softmax-batch", "100"])
     assert _perplexity(windowed.stdout + windowed.stderr) < vocabulary / 10
+
+    # generation through fairseq-interactive: beam search and sampling continue the prompt
+    interactive = [console_script("fairseq-interactive"), shakespeare_lm_data, "--user-dir", REPO / "mega_fairseq",
+                   "--task", "language_modeling", "--path", save / "checkpoint_last.pt", "--cpu",
+                   "--max-len-b", "12", "--tokens-per-sample", "64"]
+    for extra in (["--beam", "3"], ["--sampling", "--sampling-topk", "10", "--beam", "1", "--seed", "3"]):
+        result = run_cli(interactive + extra, input_text="To be , or not to be\nThe king\n")
+        hypotheses = re.findall(r"^H-\d+\t\S+\t(.*)$", result.stdout, re.M)
+        assert len(hypotheses) == 2, result.stdout[-2000:]
+        assert hypotheses[0].startswith("To be , or not to be") and len(hypotheses[0].split()) > 7

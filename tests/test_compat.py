@@ -140,3 +140,31 @@ def test_cpu_ddp_wrapper_drops_gpu_arguments():
     """)
     out = python_snippet(code).stdout
     assert "CpuAwareDistributedDataParallel" in out
+
+
+def test_text_work_never_imports_torchaudio():
+    """fairseq pulls torchaudio from PyPI, which does not import beside a CPU torch; neither
+    the plugin nor fairseq's text tooling may import it."""
+    code = textwrap.dedent("""
+        import sys
+        import mega_fairseq
+        import fairseq_cli.train, fairseq_cli.generate, fairseq_cli.eval_lm, fairseq_cli.interactive
+        from fairseq.tasks import language_modeling, translation
+        print('torchaudio' in sys.modules)
+    """)
+    assert python_snippet(code).stdout.split()[-1] == "False"
+
+
+def test_numpy2_compat_long_for_fairseq_datasets():
+    """fairseq's TokenBlockDataset (LM inference) and LanguagePairDataset use the removed
+    ``np.compat.long``; both work."""
+    import numpy as np
+    from fairseq.data import Dictionary, LanguagePairDataset, TokenBlockDataset
+
+    tokens = [torch.tensor([4, 5, 2]), torch.tensor([6, 2])]
+    blocks = TokenBlockDataset(tokens, [3, 2], block_size=8, pad=1, eos=2, break_mode="eos")
+    assert [blocks[i].tolist() for i in range(len(blocks))] == [[4, 5, 2], [6, 2]]
+
+    dictionary = Dictionary()
+    pairs = LanguagePairDataset(tokens, np.array([3, 2]), dictionary, tokens, np.array([3, 2]), dictionary)
+    assert pairs.num_tokens_vec(np.array([0, 1])).tolist() == [3, 2]

@@ -16,6 +16,16 @@ EMBED, ZDIM, HDIM, NDIM = 8, 4, 6, 3
 ATTENTION_ACTIVATIONS = ("softmax", "laplace", "relu2")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """The tensors here are tiny: thread-pool hand-offs cost more than they save, and on a
+    busy machine they make each small op wait for a time slice (gradcheck 30x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def build_layer(seed=0, embed_dim=EMBED, zdim=ZDIM, hdim=HDIM, ndim=NDIM, eval_mode=True, **options):
     """A float64 layer whose own parameters are redrawn larger than their init, so that
     attention weights are far from uniform and the gates far from 1/2. The EMA keeps its
@@ -367,6 +377,19 @@ def test_train_mode_with_dropouts_backpropagates():
     out.sum().backward()
     assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+@pytest.mark.parametrize("activation", ATTENTION_ACTIVATIONS)
+def test_queries_that_see_no_key_have_finite_gradients(activation):
+    # causal and left-padded: the padded queries of row 1 see no real key at all
+    layer = build_layer(causal=True, chunk_size=4, attention_activation=activation, eval_mode=False)
+    x = random_input(7, 2).requires_grad_()
+    mask = padded_mask(2, 7, left=[(1, 5)])
+    out, _ = layer(x, mask)
+    assert torch.isfinite(out).all()
+    (out * (~mask).transpose(0, 1).unsqueeze(-1)).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
 
 
 def test_initialisation():

@@ -369,7 +369,7 @@ class MovingAverageGatedAttention(nn.Module):
                 if self.chunked:
                     weights = F.pad(weights, (0, self.chunk_size - weights.size(-1)))
                 all_weights.append(weights)
-            if False:
+            if self.chunked and keys.size(1) == self.chunk_size:
                 # the chunk is complete: the next token starts a new, empty one
                 keys, values, key_padding_mask = keys[:, :0], values[:, :0], key_padding_mask[:, :0]
             prev_key, prev_value, prev_mask = keys, values, key_padding_mask

@@ -1,0 +1,1 @@
+"""Mega criterions; importing mega_fairseq registers them with fairseq."""

@@ -1,0 +1,1 @@
+"""Mega modules; importing mega_fairseq registers them with fairseq."""

@@ -1,0 +1,1 @@
+"""Mega tasks; importing mega_fairseq registers them with fairseq."""
