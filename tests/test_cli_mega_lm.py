@@ -50,3 +50,20 @@ def test_train_resume_and_eval_lm(tmp_path, shakespeare_lm_data):
         hypotheses = re.findall(r"^H-\d+\t\S+\t(.*)$", result.stdout, re.M)
         assert len(hypotheses) == 2, result.stdout[-2000:]
         assert hypotheses[0].startswith("To be , or not to be") and len(hypotheses[0].split()) > 7
+
+
+@pytest.mark.slow
+def test_long_context_chunked_training(tmp_path, shakespeare_lm_data):
+    """2048-token samples with a chunk size that does not divide them train and evaluate."""
+    save = tmp_path / "ckpt"
+    long_context = [a for a in TRAIN]
+    long_context[long_context.index("--tokens-per-sample") + 1] = "2048"
+    long_context[long_context.index("--decoder-chunk-size") + 1] = "100"
+    long_context[long_context.index("--batch-size") + 1] = "2"
+    result = run_cli([console_script("fairseq-train"), shakespeare_lm_data, *long_context,
+                      "--max-update", "4", "--save-dir", save])
+    assert "num_updates 4" in result.stdout + result.stderr
+    evaluated = run_cli([console_script("fairseq-eval-lm"), shakespeare_lm_data, "--user-dir", REPO / "mega_fairseq",
+                         "--path", save / "checkpoint_last.pt", "--cpu", "--tokens-per-sample", "2048",
+                         "--batch-size", "2"])
+    assert "Perplexity" in evaluated.stdout + evaluated.stderr
