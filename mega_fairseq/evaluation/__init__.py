@@ -1,0 +1,1 @@
+"""Evaluation helpers for Mega models (e.g. long-context LM scoring with carried state)."""
