@@ -50,6 +50,7 @@ def _per_block_forwards(model, stream, block_size):
     dict(decoder_chunk_size=4),
     dict(decoder_chunk_size=5, truncation_length=6, attention_activation_fn="laplace"),
     dict(decoder_chunk_size=-1, rel_pos_bias="rotary"),
+    dict(decoder_chunk_size=4, adaptive_softmax_cutoff="10,20"),
 ])
 @pytest.mark.parametrize("block_size", [7, 8, 100])
 def test_stateful_equals_one_full_forward(config, block_size):

@@ -171,3 +171,36 @@ class MegaDecoder(FairseqIncrementalDecoder):
 
     def get_normalized_probs(self, net_output, log_probs, sample=None):
         return self.get_normalized_probs_scriptable(net_output, log_probs, sample)
+
+    # ------------------------------------------------------------- checkpoints
+    def upgrade_state_dict_named(self, state_dict, name):
+        """Called by fairseq's ``load_state_dict`` before the tensors are copied: a
+        checkpoint trained with another dictionary fails here with both vocabulary sizes
+        instead of torch's list of size mismatches."""
+        prefix = f"{name}." if name else ""
+        checkpoint_size = _embedding_rows(state_dict, prefix + "embed_tokens.")
+        current_size = _embedding_rows(self.embed_tokens.state_dict(), "")
+        if None not in (checkpoint_size, current_size) and checkpoint_size != current_size:
+            raise ValueError(
+                f"dictionary mismatch: the checkpoint's vocabulary has {checkpoint_size} "
+                f"symbols but the current dictionary has {current_size} (both counts include "
+                f"fairseq's {self.dictionary.nspecial} special symbols); the checkpoint was "
+                "trained on data binarized with another dict.txt. Binarize the data with the "
+                "checkpoint's dictionary (fairseq-preprocess --srcdict <its dict.txt>) or "
+                "train from scratch in a new --save-dir"
+            )
+        return state_dict
+
+
+def _embedding_rows(state_dict, prefix: str) -> Optional[int]:
+    """Vocabulary size of the token embedding stored under ``prefix`` in a state dict:
+    the rows of an ``nn.Embedding`` or the summed bands of an ``AdaptiveInput``; None when
+    neither is there."""
+    weight = state_dict.get(prefix + "weight")
+    if weight is not None:
+        return weight.size(0)
+    rows, band = 0, 0
+    while prefix + f"embeddings.{band}.0.weight" in state_dict:
+        rows += state_dict[prefix + f"embeddings.{band}.0.weight"].size(0)
+        band += 1
+    return rows if band > 0 else None

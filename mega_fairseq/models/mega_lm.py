@@ -1,5 +1,6 @@
 """``mega_lm``: a decoder-only Mega language model for fairseq's ``language_modeling`` task."""
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -59,6 +60,11 @@ class MegaLanguageModelConfig(MegaCommonConfig, MegaDecoderConfig):
     tokens_per_sample: int = II("task.tokens_per_sample")
 
 
+def _resolved(value):
+    """None for an interpolation left unresolved (a config built without its task)."""
+    return None if isinstance(value, str) and value.startswith("${") else value
+
+
 def _cutoffs(text: Optional[str], option: str, vocab_size: int):
     if text is None:
         raise ValueError(f"--{option} is required with adaptive input/softmax")
@@ -79,11 +85,15 @@ class MegaLanguageModel(FairseqLanguageModel):
 
     @classmethod
     def build_model(cls, cfg: MegaLanguageModelConfig, task):
+        if isinstance(cfg, argparse.Namespace):
+            # fairseq's legacy path (``build_model(args, task)`` with ``--arch`` presets):
+            # the namespace holds only the options set on the command line or by the preset
+            cfg = MegaLanguageModelConfig.from_namespace(cfg)
         dictionary = task.target_dictionary
+        tokens_per_sample = _resolved(safe_getattr(cfg, "tokens_per_sample", None))
         max_target_positions = cfg.max_target_positions
         if max_target_positions is None:
-            max_target_positions = safe_getattr(cfg, "tokens_per_sample", 1024)
-        tokens_per_sample = safe_getattr(cfg, "tokens_per_sample", None)
+            max_target_positions = tokens_per_sample if tokens_per_sample is not None else 1024
         chunked = chunk_size_or_none(cfg.decoder_chunk_size) is not None
         positions_unbounded = chunked or str(cfg.rel_pos_bias) == "rotary"
         if (
@@ -138,10 +148,10 @@ class MegaLanguageModel(FairseqLanguageModel):
             )
         elif cfg.tie_adaptive_weights:
             raise ValueError("--tie-adaptive-weights requires --adaptive-softmax-cutoff")
-        if cfg.share_decoder_input_output_embed and cfg.adaptive_input:
+        if cfg.share_decoder_input_output_embed and (cfg.adaptive_input or adaptive_softmax):
             raise ValueError(
-                "--share-decoder-input-output-embed cannot be used with --adaptive-input; "
-                "use --tie-adaptive-weights"
+                "--share-decoder-input-output-embed cannot be used with --adaptive-input or "
+                "--adaptive-softmax-cutoff; use --adaptive-input with --tie-adaptive-weights"
             )
 
         decoder = MegaDecoder(
@@ -195,7 +205,11 @@ def mega_lm_base(args):
 @register_model_architecture("mega_lm", "mega_lm_tiny")
 def mega_lm_tiny(args):
     _set_sizes(args, 64, 128, 128, 32, 4, 2)
-    _set_defaults(args, share_decoder_input_output_embed=True)
+    # tied input/output embeddings unless adaptive input/softmax replace them
+    adaptive = safe_getattr(args, "adaptive_input", False) or (
+        safe_getattr(args, "adaptive_softmax_cutoff", None) is not None
+    )
+    _set_defaults(args, share_decoder_input_output_embed=not adaptive)
     mega_lm_base(args)
 
 

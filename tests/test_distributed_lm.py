@@ -1,0 +1,163 @@
+"""Data-parallel ``mega_lm`` training over 2 CPU processes (gloo) through fairseq's own
+torch.distributed support, launched with ``torchrun``, against one process with the same
+effective batch.
+
+fairseq shards the (identically shuffled) list of batches across workers round-robin:
+worker ``r`` of ``W`` takes batches ``r, r+W, r+2W, ...``, and one update consumes one batch
+per worker.  A single process with the same ``--batch-size`` and ``--update-freq W``
+accumulates batches ``kW .. kW+W-1`` into update ``k``: exactly the same samples per update.
+With every dropout off, the two runs must follow the same loss trajectory and end with the
+same parameters, up to float summation order (the all-reduce adds the workers' gradients in
+another order than gradient accumulation does).
+"""
+
+import json
+import re
+import socket
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, console_script, run_cli
+
+BATCH_SIZE = 4
+WORKERS = 2
+UPDATES = 8
+
+TRAIN = [
+    "--user-dir", REPO / "mega_fairseq", "--task", "language_modeling", "--arch", "mega_lm_tiny",
+    "--tokens-per-sample", "64", "--decoder-chunk-size", "16", "--sample-break-mode", "none",
+    "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "4",
+    "--dropout", "0", "--attention-dropout", "0", "--hidden-dropout", "0", "--activation-dropout", "0",
+    "--batch-size", str(BATCH_SIZE), "--cpu", "--seed", "1", "--no-progress-bar",
+    "--log-format", "json", "--log-interval", "1", "--disable-validation", "--no-epoch-checkpoints",
+]
+DISTRIBUTED = ["--distributed-backend", "gloo"]
+
+# The json log rounds loss and gnorm to 3 decimals, so one unit in the last place is the
+# tightest bound the logs allow (about 1e-4 relative for losses around 10).  The final
+# parameters are compared exactly as saved.
+LOG_TOLERANCE = 1.01e-3
+PARAM_TOLERANCE = 1e-5
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _torchrun(*args):
+    return [console_script("torchrun"), "--nnodes", "1", "--nproc_per_node", str(WORKERS),
+            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+            console_script("fairseq-train"), *args]
+
+
+def _updates(result):
+    """num_updates -> (loss, gnorm, bsz) from the per-update ``train_inner`` json records."""
+    records = {}
+    for line in (result.stdout + result.stderr).splitlines():
+        if "| train_inner |" in line:
+            stats = json.loads(line.split("| train_inner |", 1)[1])
+            records[int(stats["num_updates"])] = (
+                float(stats["loss"]), float(stats["gnorm"]), int(float(stats["bsz"])))
+    return records
+
+
+def _model(checkpoint):
+    # a checkpoint this test just wrote
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+
+
+def _assert_same_trajectory(reference, distributed, updates):
+    assert sorted(distributed) == list(updates), distributed
+    for update in updates:
+        ref_loss, ref_gnorm, ref_bsz = reference[update]
+        loss, gnorm, bsz = distributed[update]
+        assert bsz == ref_bsz == BATCH_SIZE * WORKERS, (update, bsz, ref_bsz)
+        assert abs(loss - ref_loss) <= LOG_TOLERANCE, (update, loss, ref_loss)
+        assert abs(gnorm - ref_gnorm) <= LOG_TOLERANCE, (update, gnorm, ref_gnorm)
+
+
+def _assert_same_parameters(reference, distributed):
+    assert reference.keys() == distributed.keys()
+    for name, value in reference.items():
+        torch.testing.assert_close(distributed[name], value, rtol=0, atol=PARAM_TOLERANCE, msg=name)
+
+
+def _assert_two_workers(result):
+    log = result.stdout + result.stderr
+    assert re.search(r"distributed init \(rank 1\): env://", log), log[-3000:]
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory, shakespeare_lm_data):
+    """The reference: one process, same batch size, gradients of WORKERS batches accumulated."""
+    save = tmp_path_factory.mktemp("single")
+    result = run_cli([console_script("fairseq-train"), shakespeare_lm_data, *TRAIN,
+                      "--update-freq", str(WORKERS), "--max-update", str(UPDATES), "--save-dir", save])
+    updates = _updates(result)
+    assert sorted(updates) == list(range(1, UPDATES + 1)), result.stdout[-3000:]
+    losses = [loss for loss, _, _ in updates.values()]
+    assert losses[-1] < losses[0] - 1.0, losses  # it learns: the comparison is not vacuous
+    return updates, _model(save / "checkpoint_last.pt")
+
+
+@pytest.mark.slow
+def test_pytorch_ddp_matches_single_process(tmp_path, shakespeare_lm_data, single_process):
+    """fairseq's default ``--ddp-backend pytorch_ddp`` (DistributedDataParallel) on CPU."""
+    reference, reference_model = single_process
+    save = tmp_path / "ckpt"
+    result = run_cli(_torchrun(shakespeare_lm_data, *TRAIN, *DISTRIBUTED,
+                               "--max-update", str(UPDATES), "--save-dir", save))
+    _assert_two_workers(result)
+    _assert_same_trajectory(reference, _updates(result), range(1, UPDATES + 1))
+    _assert_same_parameters(reference_model, _model(save / "checkpoint_last.pt"))
+
+
+@pytest.mark.slow
+def test_legacy_ddp_matches_single_process_across_resume(tmp_path, shakespeare_lm_data, single_process):
+    """``--ddp-backend legacy_ddp``, stopped half-way and resumed from checkpoint_last.pt: on
+    resume rank 0 reads the checkpoint and broadcasts it to rank 1."""
+    reference, reference_model = single_process
+    save = tmp_path / "ckpt"
+    half = UPDATES // 2
+    common = [shakespeare_lm_data, *TRAIN, *DISTRIBUTED, "--ddp-backend", "legacy_ddp", "--save-dir", save]
+    first = run_cli(_torchrun(*common, "--max-update", str(half)))
+    _assert_two_workers(first)
+    _assert_same_trajectory(reference, _updates(first), range(1, half + 1))
+
+    resumed = run_cli(_torchrun(*common, "--max-update", str(UPDATES)))
+    log = resumed.stdout + resumed.stderr
+    assert re.search(rf"Loaded checkpoint .*checkpoint_last\.pt \(epoch 1 @ {half} updates\)", log), log[-3000:]
+    _assert_same_trajectory(reference, _updates(resumed), range(half + 1, UPDATES + 1))
+    _assert_same_parameters(reference_model, _model(save / "checkpoint_last.pt"))
+
+
+BROADCAST_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from omegaconf import OmegaConf
+
+def worker(rank, port):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    from fairseq.models import distributed_fairseq_model  # noqa: F401  (applies the fixes)
+    from fairseq.distributed import utils as distributed_utils
+    state = {"cfg": OmegaConf.create({"model": {"_name": "mega_lm"}}), "w": torch.arange(3.0)} if rank == 0 else None
+    state = distributed_utils.broadcast_object(state, src_rank=0, group=distributed_utils.get_global_group())
+    assert state["cfg"].model._name == "mega_lm" and state["w"].tolist() == [0.0, 1.0, 2.0], state
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    torch.multiprocessing.spawn(worker, args=(int(sys.argv[1]),), nprocs=2)
+    print("broadcast ok")
+"""
+
+
+def test_broadcast_object_carries_a_loaded_checkpoint_state(tmp_path):
+    """What the trainer broadcasts on resume (an OmegaConf config beside tensors) reaches
+    rank 1 under torch's weights-only default ``torch.load``."""
+    script = tmp_path / "broadcast.py"
+    script.write_text(BROADCAST_SCRIPT)
+    result = run_cli([sys.executable, script, str(_free_port())], timeout=120)
+    assert "broadcast ok" in result.stdout
