@@ -8,6 +8,10 @@ token embeddings (or adaptive input projections), every block, the final norm an
 projection (or adaptive softmax), and an unset ``max_target_positions`` follows the task's
 ``tokens_per_sample`` (the one interpolation, resolved by fairseq on both paths), which in
 turn sizes the relative position bias unless attention is chunked.
+
+Architecture presets are a command-line feature of fairseq: a YAML model config naming one
+(``_name: mega_lm_tiny``) is filled from the ``mega_lm`` defaults before the preset runs, so
+the preset changes nothing; the model logs a warning saying so.
 """
 
 import re
@@ -86,6 +90,7 @@ def _check_model(model, width, stale, max_positions, bias, adaptive, tied=False)
         assert tuple(layer.self_attn.ema.omega.shape) == (width,)
         assert layer.ffn.fc1.in_features == width and layer.ffn.fc2.out_features == width
         assert layer.self_attn.rel_pos_bias.rel_pos_bias.numel() == bias
+    assert [tuple(p.shape) for p in decoder.final_norm.parameters()] == [(width,), (width,)]
     # nothing kept the preset's width
     stale_shapes = {n: s for n, s in parameter_shapes(model).items() if stale in s}
     assert not stale_shapes, stale_shapes
@@ -139,6 +144,28 @@ def test_presets_follow_command_line_sizes(data, argv, expected):
     _check_model(build_from_arguments(data, *argv), **expected)
 
 
+def test_preset_named_in_yaml_warns_that_fairseq_does_not_apply_it(data, tmp_path, caplog):
+    """fairseq fills a YAML model config from the ``mega_lm`` dataclass defaults before the
+    preset function runs, so ``_name: mega_lm_tiny`` silently builds ``mega_lm`` sizes; the
+    model says so.  The same preset on the command line is applied and does not warn."""
+    task = dict(_name="language_modeling", data=str(data), tokens_per_sample=32)
+    model = dict(_name="mega_lm_tiny", decoder_layers=1)
+    with caplog.at_level("WARNING", logger="mega_fairseq.models.mega_lm"):
+        _, built = build_from_yaml(tmp_path, task=task, model=model, name="mega_tiny_preset")
+    assert built.decoder.embed_tokens.weight.shape[1] == 512  # fairseq's behaviour, not the preset
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mega_fairseq.models.mega_lm"]
+    assert len(warnings) == 1, warnings
+    assert "model mega_lm_tiny: decoder_embed_dim=512" in warnings[0]
+    assert "decoder_embed_dim=64" in warnings[0] and "decoder_layers" not in warnings[0]
+    assert "use '_name: mega_lm'" in warnings[0]
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mega_fairseq.models.mega_lm"):
+        cfg, built = build_from_command_line(data, "--arch", "mega_lm_tiny", "--decoder-layers", "1")
+    assert cfg.model._name == "mega_lm_tiny" and built.decoder.embed_tokens.weight.shape[1] == 64
+    assert not [r for r in caplog.records if r.name == "mega_fairseq.models.mega_lm"]
+
+
 def test_config_without_a_task_falls_back_to_1024_positions():
     """A model config used on its own (no task to take tokens_per_sample from)."""
     dictionary = Dictionary()
@@ -150,9 +177,10 @@ def test_config_without_a_task_falls_back_to_1024_positions():
 
     small = dict(decoder_embed_dim=16, decoder_hidden_dim=16, decoder_ffn_embed_dim=16,
                  decoder_z_dim=8, decoder_n_dim=2, decoder_layers=1)
-    for cfg in (OmegaConf.create(dict(_name="mega_lm", **small)), MegaLanguageModelConfig(**small)):
-        model = build_model(cfg, Task()) if OmegaConf.is_config(cfg) else MegaLanguageModel.build_model(cfg, Task())
-        assert model.decoder.max_positions() == 1024
+    from_dict_config = build_model(OmegaConf.create(dict(_name="mega_lm", **small)), Task())
+    from_dataclass = MegaLanguageModel.build_model(MegaLanguageModelConfig(**small), Task())
+    assert from_dict_config.decoder.max_positions() == 1024
+    assert from_dataclass.decoder.max_positions() == 1024
 
 
 @pytest.mark.slow

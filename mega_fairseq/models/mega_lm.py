@@ -1,6 +1,7 @@
 """``mega_lm``: a decoder-only Mega language model for fairseq's ``language_modeling`` task."""
 
 import argparse
+import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -8,7 +9,13 @@ import torch.nn as nn
 from omegaconf import II
 
 from fairseq import utils
-from fairseq.models import FairseqLanguageModel, register_model, register_model_architecture
+from fairseq.models import (
+    ARCH_CONFIG_REGISTRY,
+    ARCH_MODEL_NAME_REGISTRY,
+    FairseqLanguageModel,
+    register_model,
+    register_model_architecture,
+)
 from fairseq.modules import AdaptiveInput, AdaptiveSoftmax
 from fairseq.utils import safe_getattr
 
@@ -19,6 +26,8 @@ from mega_fairseq.models.mega_options import (
     chunk_size_or_none,
     layer_settings,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,6 +74,39 @@ def _resolved(value):
     return None if isinstance(value, str) and value.startswith("${") else value
 
 
+def _warn_if_preset_not_applied(cfg) -> None:
+    """fairseq applies ``--arch`` presets on the command line only: in a YAML/hydra config,
+    ``_name: mega_lm_tiny`` gets every unset option from the ``mega_lm`` defaults before the
+    preset runs, so the preset changes nothing.  Options holding the ``mega_lm`` default where
+    the named preset differs are reported (on the command line they appear only when set
+    back to the ``mega_lm`` default on purpose)."""
+    name = safe_getattr(cfg, "_name", None)
+    if name in (None, "mega_lm") or ARCH_MODEL_NAME_REGISTRY.get(name) != "mega_lm":
+        return
+    # presets may depend on the adaptive options (mega_lm_tiny's tied embeddings)
+    preset = argparse.Namespace(
+        adaptive_input=safe_getattr(cfg, "adaptive_input", False),
+        adaptive_softmax_cutoff=safe_getattr(cfg, "adaptive_softmax_cutoff", None),
+    )
+    ARCH_CONFIG_REGISTRY[name](preset)
+    defaults = MegaLanguageModelConfig()
+    stale = {
+        option: value
+        for option, value in sorted(vars(preset).items())
+        if value != getattr(defaults, option)
+        and str(safe_getattr(cfg, option, None)) == str(getattr(defaults, option))
+    }
+    if stale:
+        logger.warning(
+            "model %s: %s keep the mega_lm defaults instead of the preset's values (%s); "
+            "fairseq applies architecture presets on the command line (--arch) only. In YAML "
+            "configs use '_name: mega_lm' and set the sizes explicitly",
+            name,
+            ", ".join(f"{o}={safe_getattr(cfg, o, None)}" for o in stale),
+            ", ".join(f"{o}={v}" for o, v in stale.items()),
+        )
+
+
 def _cutoffs(text: Optional[str], option: str, vocab_size: int):
     if text is None:
         raise ValueError(f"--{option} is required with adaptive input/softmax")
@@ -89,6 +131,7 @@ class MegaLanguageModel(FairseqLanguageModel):
             # fairseq's legacy path (``build_model(args, task)`` with ``--arch`` presets):
             # the namespace holds only the options set on the command line or by the preset
             cfg = MegaLanguageModelConfig.from_namespace(cfg)
+        _warn_if_preset_not_applied(cfg)
         dictionary = task.target_dictionary
         tokens_per_sample = _resolved(safe_getattr(cfg, "tokens_per_sample", None))
         max_target_positions = cfg.max_target_positions
@@ -148,7 +191,9 @@ class MegaLanguageModel(FairseqLanguageModel):
             )
         elif cfg.tie_adaptive_weights:
             raise ValueError("--tie-adaptive-weights requires --adaptive-softmax-cutoff")
-        if cfg.share_decoder_input_output_embed and (cfg.adaptive_input or adaptive_softmax):
+        if cfg.share_decoder_input_output_embed and (
+            cfg.adaptive_input or adaptive_softmax is not None
+        ):
             raise ValueError(
                 "--share-decoder-input-output-embed cannot be used with --adaptive-input or "
                 "--adaptive-softmax-cutoff; use --adaptive-input with --tie-adaptive-weights"
