@@ -92,8 +92,10 @@ class MegaDecoder(FairseqIncrementalDecoder):
         """prev_output_tokens: B x T.  Returns (B x T x V logits (or B x T x C features),
         {"attn": [B x T x S or None], "inner_states": [T x B x C, ...]}).
 
-        With ``incremental_state`` only the tokens not decoded yet are run (usually the
-        last one); the prefix is never recomputed.
+        With ``incremental_state``, ``prev_output_tokens`` may hold the whole prefix (as
+        fairseq's SequenceGenerator passes it): only the columns not decoded yet are run
+        (usually the last one, or a block of several), the prefix is never recomputed, and
+        the outputs cover just those new columns.
         """
         x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
         if not features_only:
