@@ -54,54 +54,37 @@ class MegaLayer(nn.Module):
         super().__init__()
         s = settings
         self.settings = settings
-        self.self_attn = MovingAverageGatedAttention(
+        # options the self-attention, cross-attention and FFN sub-layers have in common
+        sublayer = dict(
             embed_dim=s.embed_dim,
-            zdim=s.zdim,
-            hdim=s.hdim,
-            ndim=s.ndim,
             dropout=s.dropout,
+            activation=s.activation,
+            norm_type=s.norm_type,
+            prenorm=s.prenorm,
+            norm_affine=s.norm_affine,
+            feature_dropout=s.feature_dropout,
+        )
+        attention = dict(
+            sublayer,
+            zdim=s.zdim,
             attention_dropout=s.attention_dropout,
             hidden_dropout=s.hidden_dropout,
-            activation=s.activation,
             attention_activation=s.attention_activation,
+            rel_pos_bias=s.rel_pos_bias,
+            max_positions=s.max_positions,
+        )
+        self.self_attn = MovingAverageGatedAttention(
+            **attention,
+            hdim=s.hdim,
+            ndim=s.ndim,
             causal=s.causal,
             bidirectional=s.bidirectional,
             chunk_size=s.chunk_size,
             truncation=s.truncation,
-            norm_type=s.norm_type,
-            prenorm=s.prenorm,
-            norm_affine=s.norm_affine,
-            feature_dropout=s.feature_dropout,
-            rel_pos_bias=s.rel_pos_bias,
-            max_positions=s.max_positions,
         )
-        self.cross_attn = None
-        if s.cross_attention:
-            self.cross_attn = GatedCrossAttention(
-                embed_dim=s.embed_dim,
-                zdim=s.zdim,
-                dropout=s.dropout,
-                attention_dropout=s.attention_dropout,
-                hidden_dropout=s.hidden_dropout,
-                activation=s.activation,
-                attention_activation=s.attention_activation,
-                norm_type=s.norm_type,
-                prenorm=s.prenorm,
-                norm_affine=s.norm_affine,
-                feature_dropout=s.feature_dropout,
-                rel_pos_bias=s.rel_pos_bias,
-                max_positions=s.max_positions,
-            )
+        self.cross_attn = GatedCrossAttention(**attention) if s.cross_attention else None
         self.ffn = NormalizedFeedForwardNetwork(
-            embed_dim=s.embed_dim,
-            ffn_hidden_dim=s.ffn_hidden_dim,
-            dropout=s.dropout,
-            hidden_dropout=s.activation_dropout,
-            activation=s.activation,
-            norm_type=s.norm_type,
-            prenorm=s.prenorm,
-            norm_affine=s.norm_affine,
-            feature_dropout=s.feature_dropout,
+            **sublayer, ffn_hidden_dim=s.ffn_hidden_dim, hidden_dropout=s.activation_dropout
         )
 
     def forward(

@@ -1,0 +1,67 @@
+"""A whole Mega block (gated attention [+ cross-attention] + normalized FFN)."""
+
+import pytest
+import torch
+
+from mega_fairseq.modules.incremental import reorder_all
+from mega_fairseq.modules.mega_layer import MegaLayer, MegaLayerSettings
+
+C = 8
+
+
+def _layer(**options):
+    torch.manual_seed(0)
+    settings = dict(embed_dim=C, zdim=4, hdim=12, ndim=3, ffn_hidden_dim=10, causal=True)
+    settings.update(options)
+    return MegaLayer(MegaLayerSettings(**settings)).double().eval()
+
+
+@pytest.mark.parametrize("chunk", [-1, 3])
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_decoder_block_incremental_equals_full(chunk, norm):
+    layer = _layer(cross_attention=True, chunk_size=chunk, norm_type=norm, prenorm=(norm == "layernorm"))
+    x = torch.randn(7, 2, C, dtype=torch.float64)
+    encoder_out = torch.randn(5, 2, C, dtype=torch.float64)
+    encoder_padding = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    full, _ = layer(x, encoder_out=encoder_out, encoder_padding_mask=encoder_padding)
+    state, steps = {}, []
+    for t in range(7):
+        out, _ = layer(x[t : t + 1], encoder_out=encoder_out, encoder_padding_mask=encoder_padding,
+                       incremental_state=state)
+        steps.append(out)
+    torch.testing.assert_close(torch.cat(steps), full)
+
+
+def test_decoder_block_reorder_prunes_and_duplicates():
+    layer = _layer(cross_attention=True, chunk_size=3)
+    x = torch.randn(6, 3, C, dtype=torch.float64)
+    encoder_out = torch.randn(4, 3, C, dtype=torch.float64)
+    order = torch.tensor([2, 2, 0])
+    state = {}
+    for t in range(3):
+        layer(x[t : t + 1], encoder_out=encoder_out, incremental_state=state)
+    reorder_all(layer, state, order)
+    continued = torch.cat([
+        layer(x[t : t + 1, order], encoder_out=encoder_out[:, order], incremental_state=state)[0]
+        for t in range(3, 6)
+    ])
+    full, _ = layer(x[:, order], encoder_out=encoder_out[:, order])
+    torch.testing.assert_close(continued, full[3:])
+
+
+@pytest.mark.parametrize("chunk", [-1, 4])
+def test_encoder_block_padding_invariant(chunk):
+    layer = _layer(causal=False, chunk_size=chunk, norm_type="batchnorm")
+    long = torch.randn(8, 1, C, dtype=torch.float64)
+    short = torch.randn(5, 1, C, dtype=torch.float64)
+    batch = torch.cat([long, torch.cat([short, torch.randn(3, 1, C, dtype=torch.float64)])], dim=1)
+    padding = torch.zeros(2, 8, dtype=torch.bool)
+    padding[1, 5:] = True
+    together, _ = layer(batch, padding_mask=padding)
+    torch.testing.assert_close(together[:5, 1:], layer(short)[0])
+    torch.testing.assert_close(together[:, :1], layer(long)[0])
+
+
+def test_cross_attention_block_needs_encoder_out():
+    with pytest.raises(ValueError, match="encoder_out"):
+        _layer(cross_attention=True)(torch.randn(3, 1, C, dtype=torch.float64))
