@@ -276,7 +276,21 @@ def _adaptive(args):
         tie_adaptive_weights=True,
         tie_adaptive_proj=True,
         dropout=0.3,
+        attention_dropout=0.1,
+        hidden_dropout=0.1,
         decoder_chunk_size=1024,
+        rel_pos_bias="rotary",
+        no_affine_final_norm=True,
+    )
+
+
+def _enwik8(args):
+    _set_defaults(
+        args,
+        decoder_chunk_size=2048,
+        rel_pos_bias="rotary",
+        no_affine_final_norm=True,
+        share_decoder_input_output_embed=True,
     )
 
 
@@ -301,12 +315,12 @@ def mega_lm_adaptive_base(args):
 @register_model_architecture("mega_lm", "mega_lm_enwik8_base")
 def mega_lm_enwik8_base(args):
     _set_sizes(args, 512, 1024, 1024, 128, 16, 12)
-    _set_defaults(args, decoder_chunk_size=1024)
+    _enwik8(args)
     mega_lm_base(args)
 
 
 @register_model_architecture("mega_lm", "mega_lm_enwik8_large")
 def mega_lm_enwik8_large(args):
     _set_sizes(args, 1024, 1536, 1536, 128, 16, 24)
-    _set_defaults(args, decoder_chunk_size=1024)
+    _enwik8(args)
     mega_lm_base(args)
