@@ -67,3 +67,16 @@ def test_long_context_chunked_training(tmp_path, shakespeare_lm_data):
                          "--path", save / "checkpoint_last.pt", "--cpu", "--tokens-per-sample", "2048",
                          "--batch-size", "2"])
     assert "Perplexity" in evaluated.stdout + evaluated.stderr
+
+
+@pytest.mark.slow
+def test_fairseq_generate_language_modeling(tmp_path, shakespeare_lm_data):
+    """fairseq-generate --task language_modeling continues every test line (beam 2)."""
+    save = tmp_path / "ckpt"
+    run_cli([console_script("fairseq-train"), shakespeare_lm_data, *TRAIN, "--max-update", "20", "--save-dir", save])
+    result = run_cli([console_script("fairseq-generate"), shakespeare_lm_data, "--user-dir", REPO / "mega_fairseq",
+                      "--task", "language_modeling", "--path", save / "checkpoint_last.pt", "--cpu",
+                      "--tokens-per-sample", "64", "--beam", "2", "--max-len-b", "150",
+                      "--sample-break-mode", "eos", "--batch-size", "64", "--gen-subset", "valid"])
+    lines = sum(1 for _ in open(shakespeare_lm_data / ".." / "text" / "valid.txt"))
+    assert len(re.findall(r"^H-\d+\t", result.stdout, re.M)) == lines
