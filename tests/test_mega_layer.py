@@ -65,3 +65,25 @@ def test_encoder_block_padding_invariant(chunk):
 def test_cross_attention_block_needs_encoder_out():
     with pytest.raises(ValueError, match="encoder_out"):
         _layer(cross_attention=True)(torch.randn(3, 1, C, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("bias", ["simple", "rotary"])
+@pytest.mark.parametrize("activation", ["softmax", "laplace"])
+def test_decoder_block_left_padded_source_equals_source_alone(bias, activation):
+    """fairseq left-pads sources: key positions count from the first real source token,
+    so a padded source gives the same outputs as the source alone (also when decoding)."""
+    layer = _layer(cross_attention=True, rel_pos_bias=bias, attention_activation=activation)
+    with torch.no_grad():  # a bias that varies strongly with the offset exposes any shift
+        for parameter in layer.cross_attn.rel_pos_bias.parameters():
+            parameter.copy_(2.0 * torch.randn_like(parameter))
+    x = torch.randn(4, 2, C, dtype=torch.float64)
+    source = torch.randn(6, 2, C, dtype=torch.float64)
+    padding = torch.zeros(2, 6, dtype=torch.bool)
+    padding[1, :2] = True
+    together, _ = layer(x, encoder_out=source, encoder_padding_mask=padding)
+    alone, _ = layer(x[:, 1:], encoder_out=source[2:, 1:])
+    torch.testing.assert_close(together[:, 1:], alone)
+    state = {}
+    steps = torch.cat([layer(x[t : t + 1], encoder_out=source, encoder_padding_mask=padding,
+                             incremental_state=state)[0] for t in range(4)])
+    torch.testing.assert_close(steps, together)

@@ -97,16 +97,38 @@ class GatedCrossAttention(nn.Module):
         self.set_incremental_state(incremental_state, _STATE_KEY, saved)
         return saved["prev_key"], saved["prev_value"], saved["prev_key_padding_mask"], start
 
+    def _position_bias(self, query_positions: Tensor, src_len: int,
+                       key_padding_mask: Optional[Tensor]) -> Tensor:
+        """Relative position bias, Tq x Tk, or B x Tq x Tk when some sources are left-padded.
+
+        A key's position counts from the first real token of its sequence, so a left-padded
+        source (fairseq's default for translation) gets the same bias as the sequence alone;
+        padded keys are masked anyway and get position 0.
+        """
+        key_positions = torch.arange(src_len, device=query_positions.device)
+        if key_padding_mask is None:
+            return self.rel_pos_bias(query_positions, key_positions)
+        leading_padding = (~key_padding_mask).long().cumsum(dim=-1).eq(0).sum(dim=-1)  # B
+        if not leading_padding.any():
+            return self.rel_pos_bias(query_positions, key_positions)
+        bias_by_offset: Dict[int, Tensor] = {}
+        rows = []
+        for offset in leading_padding.tolist():
+            if offset not in bias_by_offset:
+                shifted = (key_positions - offset).clamp(min=0)
+                bias_by_offset[offset] = self.rel_pos_bias(query_positions, shifted)
+            rows.append(bias_by_offset[offset])
+        return torch.stack(rows)
+
     def _attention_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor],
                            first_query_position: int) -> Tensor:
         """q: B x Tq x zdim, k: B x Tk x zdim, key_padding_mask: B x Tk -> weights B x Tq x Tk."""
         tgt_len, src_len = q.size(1), k.size(1)
         query_positions = torch.arange(first_query_position, first_query_position + tgt_len,
                                        device=q.device)
-        key_positions = torch.arange(src_len, device=q.device)
         # scores in at least float32: half precision inputs attend in float32
         scores = _upcast(torch.bmm(q, k.transpose(1, 2)))  # B x Tq x Tk
-        bias = self.rel_pos_bias(query_positions, key_positions).to(scores.dtype)  # Tq x Tk
+        bias = self._position_bias(query_positions, src_len, key_padding_mask).to(scores.dtype)
         key_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(1)  # B x 1 x Tk
 
         if self.attention_activation == "softmax":
