@@ -2,7 +2,6 @@
 pointing at either the checkout or an installed copy of ``mega_fairseq``."""
 
 import shutil
-import subprocess
 import sys
 import sysconfig
 import textwrap

@@ -3,7 +3,6 @@ option values, samples longer than the simple position bias covers, and resuming
 loading a checkpoint with another dictionary."""
 
 import subprocess
-import sys
 
 import pytest
 

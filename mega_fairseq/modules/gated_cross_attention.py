@@ -1,6 +1,5 @@
 """Gated cross-attention of Mega decoders: target positions attend to the encoder output."""
 
-import math
 from typing import Dict, Optional, Tuple
 
 import torch

@@ -22,14 +22,15 @@ def _upcast(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-class ScaleNorm(nn.Module):
-    """x / rms(x) * g with one learned scalar g (init 1; no parameter when not affine)."""
+class RootMeanSquareNorm(nn.Module):
+    """x / rms(x) * w over the last dimension, w of ``weight_size`` elements (init 1; no
+    parameter when not affine). ``weight_size`` 1 is scalenorm, ``embed_dim`` is rmsnorm."""
 
-    def __init__(self, embed_dim: int, affine: bool = True, eps: float = 1e-5):
+    def __init__(self, embed_dim: int, weight_size: int, affine: bool = True, eps: float = 1e-5):
         super().__init__()
         self.embed_dim = embed_dim
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(1)) if affine else None
+        self.weight = nn.Parameter(torch.ones(weight_size)) if affine else None
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ... x C -> ... x C."""
@@ -40,22 +41,18 @@ class ScaleNorm(nn.Module):
         return y.type_as(x)
 
 
-class RMSNorm(nn.Module):
-    """x / rms(x) * w with a learned vector w of size C (init 1; none when not affine)."""
+class ScaleNorm(RootMeanSquareNorm):
+    """x / rms(x) * g with one learned scalar g."""
 
     def __init__(self, embed_dim: int, affine: bool = True, eps: float = 1e-5):
-        super().__init__()
-        self.embed_dim = embed_dim
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(embed_dim)) if affine else None
+        super().__init__(embed_dim, 1, affine=affine, eps=eps)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: ... x C -> ... x C."""
-        y = _upcast(x)
-        y = y / _root_mean_square(y, self.eps)
-        if self.weight is not None:
-            y = y * self.weight
-        return y.type_as(x)
+
+class RMSNorm(RootMeanSquareNorm):
+    """x / rms(x) * w with a learned vector w of size C."""
+
+    def __init__(self, embed_dim: int, affine: bool = True, eps: float = 1e-5):
+        super().__init__(embed_dim, embed_dim, affine=affine, eps=eps)
 
 
 class MaskedBatchNorm(nn.Module):
