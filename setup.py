@@ -81,6 +81,7 @@ setup(
         "numpy",
         "sentencepiece",
         "sacrebleu>=2.0",
+        "sacremoses",
         "tqdm",
         "matplotlib",
     ],

@@ -81,20 +81,28 @@ def test_dataclass_fix_is_noop_before_python311(monkeypatch):
 
 
 def test_checkpoint_allow_list_is_exact(tmp_path):
-    """argparse.Namespace loads with the default weights_only=True; other objects are refused."""
+    """argparse.Namespace and numeric numpy arrays (--eval-bleu's meters) load with the
+    default weights_only=True; other objects, also inside numpy object arrays, are refused."""
     import fractions
+
+    import numpy as np
 
     import fairseq  # noqa: F401
 
     ok = tmp_path / "ok.pt"
-    torch.save({"cfg": {"model": argparse.Namespace(arch="x")}, "w": torch.ones(2)}, ok)
+    counts = np.array([5, 3, 2, 1], dtype=np.int64)
+    torch.save({"cfg": {"model": argparse.Namespace(arch="x")}, "w": torch.ones(2),
+                "meters": [counts, np.float32(0.5) * np.ones(2, dtype=np.float32)]}, ok)
     loaded = torch.load(ok)
     assert loaded["cfg"]["model"].arch == "x"
+    assert loaded["meters"][0].tolist() == [5, 3, 2, 1] and loaded["meters"][0].dtype == np.int64
 
-    bad = tmp_path / "bad.pt"
-    torch.save({"other": fractions.Fraction(1, 3)}, bad)
-    with pytest.raises(Exception, match="Fraction"):
-        torch.load(bad)
+    for name, value in (("fraction", fractions.Fraction(1, 3)),
+                        ("object_array", np.array([fractions.Fraction(1, 3)], dtype=object))):
+        bad = tmp_path / f"{name}.pt"
+        torch.save({"other": value}, bad)
+        with pytest.raises(Exception, match="Weights only load failed"):
+            torch.load(bad)
 
 
 def test_better_transformer_fast_path_disabled_after_load():

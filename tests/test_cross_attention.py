@@ -221,7 +221,10 @@ def test_init_and_options():
     torch.manual_seed(0)
     module = GatedCrossAttention(64, 32)
     for linear in (module.q_proj, module.k_proj, module.v_proj, module.h_proj):
-        assert abs(linear.weight.std().item() - 0.02) < 0.005
+        # Xavier-uniform: U(-a, a) with a = sqrt(6 / (fan_in + fan_out))
+        bound = (6.0 / (linear.in_features + linear.out_features)) ** 0.5
+        assert linear.weight.abs().max().item() <= bound
+        assert abs(linear.weight.std().item() - bound / 3 ** 0.5) < 0.1 * bound
         assert torch.count_nonzero(linear.bias) == 0
     assert module.q_proj.out_features == 2 * 64 + 32
     with pytest.raises(ValueError, match=r"attention_activation must be one of \['softmax', 'laplace', 'relu2'\], got 'sigmoid'"):

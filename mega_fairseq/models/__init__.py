@@ -1,3 +1,4 @@
 """Mega models; importing this package registers them with fairseq."""
 
 from mega_fairseq.models.mega_lm import MegaLanguageModel  # noqa: F401
+from mega_fairseq.models.mega_translation import MegaModel  # noqa: F401

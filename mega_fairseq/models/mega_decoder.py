@@ -11,6 +11,7 @@ from torch import Tensor
 from fairseq.models import FairseqIncrementalDecoder
 from fairseq.modules import AdaptiveSoftmax, FairseqDropout
 
+from mega_fairseq.models.model_building import check_checkpoint_vocabulary
 from mega_fairseq.modules.incremental import IncrementalState
 from mega_fairseq.modules.mega_layer import MegaLayer, MegaLayerSettings
 from mega_fairseq.modules.sequence_norm import SequenceNorm
@@ -177,32 +178,7 @@ class MegaDecoder(FairseqIncrementalDecoder):
     # ------------------------------------------------------------- checkpoints
     def upgrade_state_dict_named(self, state_dict, name):
         """Called by fairseq's ``load_state_dict`` before the tensors are copied: a
-        checkpoint trained with another dictionary fails here with both vocabulary sizes
-        instead of torch's list of size mismatches."""
+        checkpoint trained with another dictionary fails with both vocabulary sizes."""
         prefix = f"{name}." if name else ""
-        checkpoint_size = _embedding_rows(state_dict, prefix + "embed_tokens.")
-        current_size = _embedding_rows(self.embed_tokens.state_dict(), "")
-        if None not in (checkpoint_size, current_size) and checkpoint_size != current_size:
-            raise ValueError(
-                f"dictionary mismatch: the checkpoint's vocabulary has {checkpoint_size} "
-                f"symbols but the current dictionary has {current_size} (both counts include "
-                f"fairseq's {self.dictionary.nspecial} special symbols); the checkpoint was "
-                "trained on data binarized with another dict.txt. Binarize the data with the "
-                "checkpoint's dictionary (fairseq-preprocess --srcdict <its dict.txt>) or "
-                "train from scratch in a new --save-dir"
-            )
+        check_checkpoint_vocabulary(state_dict, prefix, self.embed_tokens, self.dictionary)
         return state_dict
-
-
-def _embedding_rows(state_dict, prefix: str) -> Optional[int]:
-    """Vocabulary size of the token embedding stored under ``prefix`` in a state dict:
-    the rows of an ``nn.Embedding`` or the summed bands of an ``AdaptiveInput``; None when
-    neither is there."""
-    weight = state_dict.get(prefix + "weight")
-    if weight is not None:
-        return weight.size(0)
-    rows, band = 0, 0
-    while prefix + f"embeddings.{band}.0.weight" in state_dict:
-        rows += state_dict[prefix + f"embeddings.{band}.0.weight"].size(0)
-        band += 1
-    return rows if band > 0 else None

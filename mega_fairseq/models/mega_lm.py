@@ -1,33 +1,33 @@
 """``mega_lm``: a decoder-only Mega language model for fairseq's ``language_modeling`` task."""
 
 import argparse
-import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch.nn as nn
 from omegaconf import II
 
 from fairseq import utils
 from fairseq.models import (
-    ARCH_CONFIG_REGISTRY,
-    ARCH_MODEL_NAME_REGISTRY,
     FairseqLanguageModel,
     register_model,
     register_model_architecture,
 )
 from fairseq.modules import AdaptiveInput, AdaptiveSoftmax
+from fairseq.tasks.translation import TranslationTask
 from fairseq.utils import safe_getattr
 
 from mega_fairseq.models.mega_decoder import MegaDecoder
+from mega_fairseq.models.model_building import (
+    build_embedding,
+    set_arch_defaults,
+    warn_if_preset_not_applied,
+)
 from mega_fairseq.models.mega_options import (
     MegaCommonConfig,
     MegaDecoderConfig,
     chunk_size_or_none,
     layer_settings,
 )
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,39 +74,6 @@ def _resolved(value):
     return None if isinstance(value, str) and value.startswith("${") else value
 
 
-def _warn_if_preset_not_applied(cfg) -> None:
-    """fairseq applies ``--arch`` presets on the command line only: in a YAML/hydra config,
-    ``_name: mega_lm_tiny`` gets every unset option from the ``mega_lm`` defaults before the
-    preset runs, so the preset changes nothing.  Options holding the ``mega_lm`` default where
-    the named preset differs are reported (on the command line they appear only when set
-    back to the ``mega_lm`` default on purpose)."""
-    name = safe_getattr(cfg, "_name", None)
-    if name in (None, "mega_lm") or ARCH_MODEL_NAME_REGISTRY.get(name) != "mega_lm":
-        return
-    # presets may depend on the adaptive options (mega_lm_tiny's tied embeddings)
-    preset = argparse.Namespace(
-        adaptive_input=safe_getattr(cfg, "adaptive_input", False),
-        adaptive_softmax_cutoff=safe_getattr(cfg, "adaptive_softmax_cutoff", None),
-    )
-    ARCH_CONFIG_REGISTRY[name](preset)
-    defaults = MegaLanguageModelConfig()
-    stale = {
-        option: value
-        for option, value in sorted(vars(preset).items())
-        if value != getattr(defaults, option)
-        and str(safe_getattr(cfg, option, None)) == str(getattr(defaults, option))
-    }
-    if stale:
-        logger.warning(
-            "model %s: %s keep the mega_lm defaults instead of the preset's values (%s); "
-            "fairseq applies architecture presets on the command line (--arch) only. In YAML "
-            "configs use '_name: mega_lm' and set the sizes explicitly",
-            name,
-            ", ".join(f"{o}={safe_getattr(cfg, o, None)}" for o in stale),
-            ", ".join(f"{o}={v}" for o, v in stale.items()),
-        )
-
-
 def _cutoffs(text: Optional[str], option: str, vocab_size: int):
     if text is None:
         raise ValueError(f"--{option} is required with adaptive input/softmax")
@@ -131,7 +98,15 @@ class MegaLanguageModel(FairseqLanguageModel):
             # fairseq's legacy path (``build_model(args, task)`` with ``--arch`` presets):
             # the namespace holds only the options set on the command line or by the preset
             cfg = MegaLanguageModelConfig.from_namespace(cfg)
-        _warn_if_preset_not_applied(cfg)
+        warn_if_preset_not_applied(
+            cfg, "mega_lm", MegaLanguageModelConfig, ("adaptive_input", "adaptive_softmax_cutoff")
+        )
+        if isinstance(task, TranslationTask):
+            raise ValueError(
+                "mega_lm is a decoder-only language model and cannot run the translation "
+                "task; use --arch mega (or mega_tiny, mega_wmt_en_de, ...) for translation, "
+                "or --task language_modeling for this model"
+            )
         dictionary = task.target_dictionary
         tokens_per_sample = _resolved(safe_getattr(cfg, "tokens_per_sample", None))
         max_target_positions = cfg.max_target_positions
@@ -215,22 +190,9 @@ class MegaLanguageModel(FairseqLanguageModel):
         return cls(decoder)
 
 
-def build_embedding(dictionary, embed_dim: int) -> nn.Embedding:
-    """Token embeddings ~ N(0, embed_dim^-0.5) with a zero padding row."""
-    embedding = nn.Embedding(len(dictionary), embed_dim, padding_idx=dictionary.pad())
-    nn.init.normal_(embedding.weight, mean=0.0, std=embed_dim ** -0.5)
-    nn.init.constant_(embedding.weight[dictionary.pad()], 0.0)
-    return embedding
-
-
 # ----------------------------------------------------------------- architectures
-def _set_defaults(args, **defaults):
-    for name, value in defaults.items():
-        setattr(args, name, safe_getattr(args, name, value))
-
-
 def _set_sizes(args, embed, hidden, ffn, z, n, layers):
-    _set_defaults(
+    set_arch_defaults(
         args,
         decoder_embed_dim=embed,
         decoder_hidden_dim=hidden,
@@ -244,7 +206,7 @@ def _set_sizes(args, embed, hidden, ffn, z, n, layers):
 def mega_lm_base(args):
     """The ``mega_lm`` architecture (registered by fairseq from the config defaults)."""
     _set_sizes(args, 512, 1664, 1664, 128, 16, 6)
-    _set_defaults(args, normalize_before=True, normalization_type="layernorm")
+    set_arch_defaults(args, normalize_before=True, normalization_type="layernorm")
 
 
 @register_model_architecture("mega_lm", "mega_lm_tiny")
@@ -254,7 +216,7 @@ def mega_lm_tiny(args):
     adaptive = safe_getattr(args, "adaptive_input", False) or (
         safe_getattr(args, "adaptive_softmax_cutoff", None) is not None
     )
-    _set_defaults(args, share_decoder_input_output_embed=not adaptive)
+    set_arch_defaults(args, share_decoder_input_output_embed=not adaptive)
     mega_lm_base(args)
 
 
@@ -265,7 +227,7 @@ def mega_lm_big(args):
 
 
 def _adaptive(args):
-    _set_defaults(
+    set_arch_defaults(
         args,
         adaptive_input=True,
         adaptive_input_cutoff="20000,60000",
@@ -285,7 +247,7 @@ def _adaptive(args):
 
 
 def _enwik8(args):
-    _set_defaults(
+    set_arch_defaults(
         args,
         decoder_chunk_size=2048,
         rel_pos_bias="rotary",

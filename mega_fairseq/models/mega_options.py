@@ -135,9 +135,18 @@ def relative_bias_positions(cfg, side: str, max_length: int) -> int:
 
 
 def layer_settings(
-    cfg, side: str, max_length: int, causal: bool, cross_attention: bool = False
+    cfg,
+    side: str,
+    max_length: int,
+    causal: bool,
+    cross_attention: bool = False,
+    cross_max_length: Optional[int] = None,
 ) -> MegaLayerSettings:
-    """Mega block settings for ``side`` ('encoder' or 'decoder') of a model config."""
+    """Mega block settings for ``side`` ('encoder' or 'decoder') of a model config.
+
+    ``max_length``: the longest input of that side; ``cross_max_length``: the longest
+    target or source position the cross-attention bias must cover (decoders of
+    encoder-decoder models; cross-attention is never chunked)."""
     if side not in ("encoder", "decoder"):
         raise ValueError(f"side must be 'encoder' or 'decoder', got {side!r}")
     truncation = cfg.truncation_length
@@ -161,6 +170,7 @@ def layer_settings(
         norm_affine=not cfg.no_affine_norm,
         rel_pos_bias=str(cfg.rel_pos_bias),
         max_positions=relative_bias_positions(cfg, side, max_length),
+        cross_max_positions=cross_max_length if cross_attention else None,
         chunk_size=getattr(cfg, f"{side}_chunk_size"),
         truncation=truncation if truncation is not None and truncation > 0 else None,
     )

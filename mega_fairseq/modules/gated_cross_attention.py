@@ -71,9 +71,17 @@ class GatedCrossAttention(nn.Module):
         self.attention_dropout = FairseqDropout(attention_dropout, module_name=name)
         self.reset_parameters()
 
-    def reset_parameters(self, std: float = 0.02) -> None:
+    def reset_parameters(self) -> None:
+        """Xavier-uniform projections (as fairseq's attention), zero biases.
+
+        The reference code draws them from N(0, 0.02). The attention output passes through
+        three products of these weights (q.k, then (A v) * r, then the gate u), so small
+        weights leave the decoder ignoring the source for a long time: a 64-wide model on a
+        copy task had 1.00 bits of target NLL after 200 updates with N(0, 0.02) and 0.39
+        with Xavier (a transformer of the same width: 0.36). At width 512 Xavier's scale
+        (0.035-0.06) is close to 0.02 anyway."""
         for linear in (self.q_proj, self.k_proj, self.v_proj, self.h_proj):
-            nn.init.normal_(linear.weight, mean=0.0, std=std)
+            nn.init.xavier_uniform_(linear.weight)
             nn.init.zeros_(linear.bias)
 
     def _project_key_value(self, key: Tensor) -> Tuple[Tensor, Tensor]:

@@ -43,6 +43,8 @@ class MegaLayerSettings:
     norm_affine: bool = True
     rel_pos_bias: str = "simple"
     max_positions: int = 1024
+    # positions the cross-attention bias covers (queries: target, keys: source); None: max_positions
+    cross_max_positions: Optional[int] = None
     chunk_size: int = -1
     truncation: Optional[int] = None
 
@@ -82,7 +84,10 @@ class MegaLayer(nn.Module):
             chunk_size=s.chunk_size,
             truncation=s.truncation,
         )
-        self.cross_attn = GatedCrossAttention(**attention) if s.cross_attention else None
+        self.cross_attn = None
+        if s.cross_attention:
+            cross_positions = s.cross_max_positions or s.max_positions
+            self.cross_attn = GatedCrossAttention(**dict(attention, max_positions=cross_positions))
         self.ffn = NormalizedFeedForwardNetwork(
             **sublayer, ffn_hidden_dim=s.ffn_hidden_dim, hidden_dropout=s.activation_dropout
         )

@@ -1,0 +1,141 @@
+"""The bidirectional Mega encoder stack of the ``mega`` translation model."""
+
+import math
+from typing import Dict, List, Optional
+
+import torch.nn as nn
+from torch import Tensor
+
+from fairseq import utils
+from fairseq.models import FairseqEncoder
+from fairseq.modules import FairseqDropout
+
+from mega_fairseq.models.model_building import check_checkpoint_vocabulary
+from mega_fairseq.modules.mega_layer import MegaLayer, MegaLayerSettings
+from mega_fairseq.modules.sequence_norm import SequenceNorm
+
+
+class MegaEncoder(FairseqEncoder):
+    """Mega blocks with bidirectional EMA and full (or chunked) attention over source tokens.
+
+    Args:
+        settings: block settings (``causal=False``)
+        num_layers: number of blocks
+        dictionary: source dictionary
+        embed_tokens: ``nn.Embedding``
+        max_source_positions: longest source the model accepts
+        scale_embedding / normalize_embedding / affine_final_norm: embedding options
+
+    Left-padded batches (fairseq's translation default) are re-aligned to the right before
+    the blocks run, so chunk boundaries fall at the same tokens whatever the padding; the
+    outputs and ``encoder_padding_mask`` are right-padded.
+    """
+
+    def __init__(
+        self,
+        settings: MegaLayerSettings,
+        num_layers: int,
+        dictionary,
+        embed_tokens: nn.Embedding,
+        max_source_positions: int,
+        scale_embedding: bool = True,
+        normalize_embedding: bool = False,
+        affine_final_norm: bool = True,
+    ):
+        super().__init__(dictionary)
+        if num_layers <= 0:
+            raise ValueError(f"encoder_layers must be a positive integer, got {num_layers}")
+        if settings.causal:
+            raise ValueError("the Mega encoder needs non-causal block settings")
+        embed_dim = settings.embed_dim
+        self.padding_idx = dictionary.pad()
+        self.embed_tokens = embed_tokens
+        self.embed_scale = math.sqrt(embed_dim) if scale_embedding else 1.0
+        self.embedding_norm = (
+            SequenceNorm(settings.norm_type, embed_dim, affine=settings.norm_affine)
+            if normalize_embedding
+            else None
+        )
+        self.embedding_dropout = FairseqDropout(settings.dropout, module_name="MegaEncoder")
+        self.layers = nn.ModuleList([MegaLayer(settings) for _ in range(num_layers)])
+        self.final_norm = (
+            SequenceNorm(settings.norm_type, embed_dim, affine=affine_final_norm)
+            if settings.prenorm
+            else None
+        )
+        self.max_source_positions = max_source_positions
+
+    def forward(
+        self,
+        src_tokens: Tensor,
+        src_lengths: Optional[Tensor] = None,
+        return_all_hiddens: bool = False,
+        **unused,
+    ) -> Dict[str, List[Tensor]]:
+        """src_tokens: B x S (left or right padded); src_lengths: B.
+
+        Returns fairseq's encoder output dictionary: ``encoder_out`` [S x B x C],
+        ``encoder_padding_mask`` [B x S] (True at padding), ``encoder_embedding``
+        [B x S x C], ``encoder_states`` (S x B x C after each block with
+        ``return_all_hiddens``), ``src_tokens`` [], ``src_lengths`` [B x 1].
+        """
+        padding_mask = src_tokens.eq(self.padding_idx)
+        if padding_mask[:, 0].any():
+            src_tokens = utils.convert_padding_direction(
+                src_tokens, self.padding_idx, left_to_right=True
+            )
+            padding_mask = src_tokens.eq(self.padding_idx)
+        has_padding = bool(padding_mask.any())
+        layer_padding_mask = padding_mask if has_padding else None
+
+        embedding = self.embed_scale * self.embed_tokens(src_tokens)
+        x = embedding.transpose(0, 1)  # B x S x C -> S x B x C
+        if self.embedding_norm is not None:
+            x = self.embedding_norm(x, layer_padding_mask)
+        x = self.embedding_dropout(x)
+        if has_padding:
+            x = x.masked_fill(padding_mask.transpose(0, 1).unsqueeze(-1), 0.0)
+
+        states: List[Tensor] = []
+        for layer in self.layers:
+            x, _ = layer(x, padding_mask=layer_padding_mask)
+            if return_all_hiddens:
+                states.append(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x, layer_padding_mask)
+        if has_padding:
+            x = x.masked_fill(padding_mask.transpose(0, 1).unsqueeze(-1), 0.0)
+
+        if src_lengths is None:
+            src_lengths = (~padding_mask).sum(dim=1)
+        return {
+            "encoder_out": [x],
+            "encoder_padding_mask": [padding_mask],
+            "encoder_embedding": [embedding],
+            "encoder_states": states,
+            "src_tokens": [],
+            "src_lengths": [src_lengths.reshape(-1, 1)],
+        }
+
+    def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order: Tensor):
+        """Select batch entries ``new_order`` (beam expansion / finished sentences)."""
+
+        def select(name: str, dim: int) -> List[Tensor]:
+            return [t.index_select(dim, new_order) for t in encoder_out.get(name, [])]
+
+        return {
+            "encoder_out": select("encoder_out", 1),
+            "encoder_padding_mask": select("encoder_padding_mask", 0),
+            "encoder_embedding": select("encoder_embedding", 0),
+            "encoder_states": select("encoder_states", 1),
+            "src_tokens": select("src_tokens", 0),
+            "src_lengths": select("src_lengths", 0),
+        }
+
+    def max_positions(self) -> int:
+        return self.max_source_positions
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        prefix = f"{name}." if name else ""
+        check_checkpoint_vocabulary(state_dict, prefix, self.embed_tokens, self.dictionary, "source")
+        return state_dict

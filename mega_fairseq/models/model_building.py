@@ -1,0 +1,95 @@
+"""Pieces every Mega model's ``build_model`` and architecture presets use: token
+embeddings, preset defaults, the warning for presets that YAML configs cannot apply, and
+the dictionary check when a checkpoint is loaded."""
+
+import argparse
+import logging
+from typing import Iterable, Optional
+
+import torch.nn as nn
+
+from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_NAME_REGISTRY
+from fairseq.utils import safe_getattr
+
+logger = logging.getLogger(__name__)
+
+
+def build_embedding(dictionary, embed_dim: int) -> nn.Embedding:
+    """Token embeddings ~ N(0, embed_dim^-0.5) with a zero padding row."""
+    embedding = nn.Embedding(len(dictionary), embed_dim, padding_idx=dictionary.pad())
+    nn.init.normal_(embedding.weight, mean=0.0, std=embed_dim ** -0.5)
+    nn.init.constant_(embedding.weight[dictionary.pad()], 0.0)
+    return embedding
+
+
+def set_arch_defaults(args, **defaults) -> None:
+    """Architecture presets: set each option the user did not set."""
+    for name, value in defaults.items():
+        setattr(args, name, safe_getattr(args, name, value))
+
+
+def warn_if_preset_not_applied(cfg, model_name: str, config_class, preset_inputs: Iterable[str] = ()):
+    """fairseq applies ``--arch`` presets on the command line only: in a YAML/hydra config,
+    ``_name: <preset>`` gets every unset option from the model's dataclass defaults before
+    the preset runs, so the preset changes nothing.  Options holding the model default where
+    the named preset differs are reported (on the command line they appear only when set
+    back to the model default on purpose).  ``preset_inputs`` are options a preset reads to
+    decide others (e.g. whether adaptive input is on)."""
+    name = safe_getattr(cfg, "_name", None)
+    if name in (None, model_name) or ARCH_MODEL_NAME_REGISTRY.get(name) != model_name:
+        return
+    preset = argparse.Namespace(**{o: safe_getattr(cfg, o, None) for o in preset_inputs})
+    ARCH_CONFIG_REGISTRY[name](preset)
+    defaults = config_class()
+    stale = {
+        option: value
+        for option, value in sorted(vars(preset).items())
+        if option not in preset_inputs
+        and value != getattr(defaults, option)
+        and str(safe_getattr(cfg, option, None)) == str(getattr(defaults, option))
+    }
+    if stale:
+        logger.warning(
+            "model %s: %s keep the %s defaults instead of the preset's values (%s); fairseq "
+            "applies architecture presets on the command line (--arch) only. In YAML configs "
+            "use '_name: %s' and set the sizes explicitly",
+            name,
+            ", ".join(f"{o}={safe_getattr(cfg, o, None)}" for o in stale),
+            model_name,
+            ", ".join(f"{o}={v}" for o, v in stale.items()),
+            model_name,
+        )
+
+
+def check_checkpoint_vocabulary(state_dict, prefix: str, embed_tokens: nn.Module, dictionary,
+                                side: str = "") -> None:
+    """Called from ``upgrade_state_dict_named`` before the tensors are copied: a checkpoint
+    trained with another dictionary fails here with both vocabulary sizes instead of torch's
+    list of size mismatches."""
+    checkpoint_size = _embedding_rows(state_dict, prefix + "embed_tokens.")
+    current_size = _embedding_rows(embed_tokens.state_dict(), "")
+    if None in (checkpoint_size, current_size) or checkpoint_size == current_size:
+        return
+    which = f"{side} " if side else ""
+    raise ValueError(
+        f"{which}dictionary mismatch: the checkpoint's vocabulary has {checkpoint_size} "
+        f"symbols but the current {which}dictionary has {current_size} (both counts include "
+        f"fairseq's {dictionary.nspecial} special symbols); the checkpoint was "
+        "trained on data binarized with another dict.txt. Binarize the data with the "
+        "checkpoint's dictionary (fairseq-preprocess --srcdict/--tgtdict <its dict files>) or "
+        "train from scratch in a new --save-dir"
+    )
+
+
+def _embedding_rows(state_dict, prefix: str) -> Optional[int]:
+    """Vocabulary size of the token embedding stored under ``prefix`` in a state dict:
+    the rows of an ``nn.Embedding`` or the summed bands of an ``AdaptiveInput``; None when
+    neither is there."""
+    weight = state_dict.get(prefix + "weight")
+    if weight is not None:
+        return weight.size(0)
+    rows, band = 0, 0
+    while prefix + f"embeddings.{band}.0.weight" in state_dict:
+        rows += state_dict[prefix + f"embeddings.{band}.0.weight"].size(0)
+        band += 1
+    return rows if band > 0 else None
