@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Count the parameters of a fairseq model built from a data directory and model options,
+and optionally size a fairseq ``transformer`` baseline to the same count.
+
+Two counts are printed: the parameters the model registers and those a training step
+really uses (they receive a gradient). They differ for fairseq 0.12.2's transformer
+encoder layers, which register a second copy of their weights (``in_proj_weight``,
+``fc1_weight``, ...) for an inference fast path; baselines are matched on the used count.
+
+    python scripts/count_parameters.py DATA --task translation -s en -t de \\
+        --model --arch mega_tiny --share-all-embeddings
+    python scripts/count_parameters.py DATA --task translation -s en -t de \\
+        --model --arch mega_tiny --share-all-embeddings \\
+        --match --arch transformer --encoder-layers 2 --decoder-layers 2 ...
+The ``--match`` run searches the FFN width (``--encoder-ffn-embed-dim`` =
+``--decoder-ffn-embed-dim``) of the second model that comes closest to the first and
+prints it as JSON on the last line.
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Tuple
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_model(common: List[str], model_args: List[str]):
+    """(model, task) exactly as fairseq-train builds them from the command line."""
+    from fairseq import options, tasks
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(
+        parser, input_args=[*common, "--user-dir", str(REPO / "mega_fairseq"), *model_args]
+    )
+    task = tasks.setup_task(args)
+    return task.build_model(args), task
+
+
+def count(model, task) -> Tuple[int, int]:
+    """(registered, used): parameters, and those receiving a gradient from one training
+    step on a dummy batch of two 5-token sentences."""
+    registered = sum(p.numel() for p in model.parameters())
+    dictionary = task.source_dictionary or task.target_dictionary
+    tokens = torch.full((2, 5), dictionary.nspecial, dtype=torch.long)
+    tokens[:, -1] = dictionary.eos()
+    model.train()
+    model.zero_grad()
+    if task.target_dictionary is not None and hasattr(model, "encoder"):
+        output = model(tokens, torch.tensor([5, 5]), tokens)
+    else:
+        output = model(tokens)
+    output[0].float().sum().backward()
+    used = sum(p.numel() for p in model.parameters() if p.grad is not None)
+    model.zero_grad(set_to_none=True)
+    return registered, used
+
+
+def match_ffn_width(common, target_used: int, model_args: List[str]) -> Tuple[int, int]:
+    """FFN width (1 ... 16384) whose used-parameter count is closest to ``target_used``."""
+
+    def used_with(width: int) -> int:
+        width_args = ["--encoder-ffn-embed-dim", str(width), "--decoder-ffn-embed-dim", str(width)]
+        model, task = build_model(common, model_args + width_args)
+        return count(model, task)[1]
+
+    low, high = 1, 16384
+    while low < high:  # the count grows with the width
+        middle = (low + high) // 2
+        if used_with(middle) < target_used:
+            low = middle + 1
+        else:
+            high = middle
+    best = min((w for w in (low - 1, low) if w >= 1), key=lambda w: abs(used_with(w) - target_used))
+    return best, used_with(best)
+
+
+def split_argv(argv: List[str]):
+    """common options | --model ... | --match ..."""
+    if "--model" not in argv:
+        raise SystemExit("error: give the model's options after --model (see --help)")
+    common, rest = argv[: argv.index("--model")], argv[argv.index("--model") + 1:]
+    match = None
+    if "--match" in rest:
+        rest, match = rest[: rest.index("--match")], rest[rest.index("--match") + 1:]
+    return common, rest, match
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    logging.disable(logging.INFO)
+    common, model_args, match_args = split_argv(argv)
+    model, task = build_model(common, model_args)
+    registered, used = count(model, task)
+    result = {"model": model_args, "registered": registered, "used": used}
+    print(f"model: {' '.join(model_args)}\n  registered {registered:,}  used {used:,}")
+    if match_args is not None:
+        width, matched = match_ffn_width(common, used, match_args)
+        result["match"] = {"args": match_args, "ffn_embed_dim": width, "used": matched}
+        print(f"baseline: {' '.join(match_args)} --encoder-ffn-embed-dim {width} "
+              f"--decoder-ffn-embed-dim {width}\n  used {matched:,} "
+              f"({100.0 * (matched - used) / used:+.2f}%)")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
