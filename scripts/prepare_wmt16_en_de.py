@@ -168,10 +168,10 @@ def check_destdir(destdir: Path) -> None:
 
 
 def next_commands(destdir: Path) -> str:
-    """The commands that follow binarisation (as in examples/translation/wmt16_recipe.md)."""
+    """The commands that follow binarisation (as in examples/translation/README.md (section "Full-scale recipe"))."""
     data = shlex.quote(str(destdir))
     return f"""
-Next steps (full recipe: examples/translation/wmt16_recipe.md):
+Next steps (full recipe: examples/translation/README.md (section "Full-scale recipe")):
 
   # train Mega-base: 8 GPUs x --max-tokens 8192; with G GPUs use --update-freq $((8 / G))
   fairseq-train {data} --user-dir mega_fairseq --task translation -s en -t de \\
