@@ -152,20 +152,20 @@ def test_preset_named_in_yaml_warns_that_fairseq_does_not_apply_it(data, tmp_pat
     model says so.  The same preset on the command line is applied and does not warn."""
     task = dict(_name="language_modeling", data=str(data), tokens_per_sample=32)
     model = dict(_name="mega_lm_tiny", decoder_layers=1)
-    with caplog.at_level("WARNING", logger="mega_fairseq.models.mega_lm"):
+    with caplog.at_level("WARNING", logger="mega_fairseq.models.model_building"):
         _, built = build_from_yaml(tmp_path, task=task, model=model, name="mega_tiny_preset")
     assert built.decoder.embed_tokens.weight.shape[1] == 512  # fairseq's behaviour, not the preset
-    warnings = [r.getMessage() for r in caplog.records if r.name == "mega_fairseq.models.mega_lm"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mega_fairseq.models.model_building"]
     assert len(warnings) == 1, warnings
     assert "model mega_lm_tiny: decoder_embed_dim=512" in warnings[0]
     assert "decoder_embed_dim=64" in warnings[0] and "decoder_layers" not in warnings[0]
     assert "use '_name: mega_lm'" in warnings[0]
 
     caplog.clear()
-    with caplog.at_level("WARNING", logger="mega_fairseq.models.mega_lm"):
+    with caplog.at_level("WARNING", logger="mega_fairseq.models.model_building"):
         cfg, built = build_from_command_line(data, "--arch", "mega_lm_tiny", "--decoder-layers", "1")
     assert cfg.model._name == "mega_lm_tiny" and built.decoder.embed_tokens.weight.shape[1] == 64
-    assert not [r for r in caplog.records if r.name == "mega_fairseq.models.mega_lm"]
+    assert not [r for r in caplog.records if r.name == "mega_fairseq.models.model_building"]
 
 
 def test_config_without_a_task_falls_back_to_1024_positions():
