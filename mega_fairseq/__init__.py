@@ -8,3 +8,5 @@ MEGA_FAIRSEQ_PLUGIN = True
 __version__ = "0.1.0"
 
 from mega_fairseq import models  # noqa: E402,F401  (registers models and architectures)
+from mega_fairseq import tasks  # noqa: E402,F401  (registers tasks)
+from mega_fairseq import criterions  # noqa: E402,F401  (registers criterions)

@@ -2,3 +2,4 @@
 
 from mega_fairseq.models.mega_lm import MegaLanguageModel  # noqa: F401
 from mega_fairseq.models.mega_translation import MegaModel  # noqa: F401
+from mega_fairseq.models.mega_encoder_model import MegaEncoderModel  # noqa: F401

@@ -3,6 +3,7 @@
 import math
 from typing import Dict, List, Optional
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -25,6 +26,8 @@ class MegaEncoder(FairseqEncoder):
         embed_tokens: ``nn.Embedding``
         max_source_positions: longest source the model accepts
         scale_embedding / normalize_embedding / affine_final_norm: embedding options
+        embed_token_types: optional ``nn.Embedding`` over token types (segments), summed
+            with the token embeddings; ``forward(..., token_types=B x S)`` (default: type 0)
 
     Left-padded batches (fairseq's translation default) are re-aligned to the right before
     the blocks run, so chunk boundaries fall at the same tokens whatever the padding; the
@@ -41,6 +44,7 @@ class MegaEncoder(FairseqEncoder):
         scale_embedding: bool = True,
         normalize_embedding: bool = False,
         affine_final_norm: bool = True,
+        embed_token_types: Optional[nn.Embedding] = None,
     ):
         super().__init__(dictionary)
         if num_layers <= 0:
@@ -50,6 +54,7 @@ class MegaEncoder(FairseqEncoder):
         embed_dim = settings.embed_dim
         self.padding_idx = dictionary.pad()
         self.embed_tokens = embed_tokens
+        self.embed_token_types = embed_token_types
         self.embed_scale = math.sqrt(embed_dim) if scale_embedding else 1.0
         self.embedding_norm = (
             SequenceNorm(settings.norm_type, embed_dim, affine=settings.norm_affine)
@@ -70,9 +75,11 @@ class MegaEncoder(FairseqEncoder):
         src_tokens: Tensor,
         src_lengths: Optional[Tensor] = None,
         return_all_hiddens: bool = False,
+        token_types: Optional[Tensor] = None,
         **unused,
     ) -> Dict[str, List[Tensor]]:
-        """src_tokens: B x S (left or right padded); src_lengths: B.
+        """src_tokens: B x S (left or right padded); src_lengths: B; token_types: B x S
+        token type ids, aligned with ``src_tokens`` (used only with ``embed_token_types``).
 
         Returns fairseq's encoder output dictionary: ``encoder_out`` [S x B x C],
         ``encoder_padding_mask`` [B x S] (True at padding), ``encoder_embedding``
@@ -80,7 +87,13 @@ class MegaEncoder(FairseqEncoder):
         ``return_all_hiddens``), ``src_tokens`` [], ``src_lengths`` [B x 1].
         """
         padding_mask = src_tokens.eq(self.padding_idx)
+        if self.embed_token_types is None:
+            token_types = None
+        elif token_types is not None:
+            self._check_token_types(token_types, src_tokens)
         if padding_mask[:, 0].any():
+            if token_types is not None:
+                token_types = right_align(token_types, padding_mask)
             src_tokens = utils.convert_padding_direction(
                 src_tokens, self.padding_idx, left_to_right=True
             )
@@ -88,7 +101,12 @@ class MegaEncoder(FairseqEncoder):
         has_padding = bool(padding_mask.any())
         layer_padding_mask = padding_mask if has_padding else None
 
-        embedding = self.embed_scale * self.embed_tokens(src_tokens)
+        embedding = self.embed_tokens(src_tokens)
+        if self.embed_token_types is not None:
+            if token_types is None:
+                token_types = torch.zeros_like(src_tokens)
+            embedding = embedding + self.embed_token_types(token_types)
+        embedding = self.embed_scale * embedding
         x = embedding.transpose(0, 1)  # B x S x C -> S x B x C
         if self.embedding_norm is not None:
             x = self.embedding_norm(x, layer_padding_mask)
@@ -117,6 +135,23 @@ class MegaEncoder(FairseqEncoder):
             "src_lengths": [src_lengths.reshape(-1, 1)],
         }
 
+    def _check_token_types(self, token_types: Tensor, src_tokens: Tensor) -> None:
+        if token_types.shape != src_tokens.shape:
+            raise ValueError(
+                f"token_types must have the shape of src_tokens {tuple(src_tokens.shape)}, "
+                f"got {tuple(token_types.shape)}"
+            )
+        if token_types.dtype.is_floating_point or token_types.dtype == torch.bool:
+            raise ValueError(f"token_types must be integer ids, got dtype {token_types.dtype}")
+        num_types = self.embed_token_types.num_embeddings
+        if token_types.numel() > 0:
+            low, high = int(token_types.min()), int(token_types.max())
+            if low < 0 or high >= num_types:
+                raise ValueError(
+                    f"token type ids must lie in [0, {num_types - 1}] (--type-vocab-size "
+                    f"{num_types}), got ids from {low} to {high}"
+                )
+
     def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order: Tensor):
         """Select batch entries ``new_order`` (beam expansion / finished sentences)."""
 
@@ -139,3 +174,13 @@ class MegaEncoder(FairseqEncoder):
         prefix = f"{name}." if name else ""
         check_checkpoint_vocabulary(state_dict, prefix, self.embed_tokens, self.dictionary, "source")
         return state_dict
+
+
+def right_align(tensor: Tensor, padding_mask: Tensor) -> Tensor:
+    """Moves the left padding of a B x S ``tensor`` (any values aligned with the tokens whose
+    padding is ``padding_mask``) to the right, exactly as
+    ``fairseq.utils.convert_padding_direction(left_to_right=True)`` moves the tokens."""
+    length = padding_mask.size(1)
+    shift = padding_mask.long().sum(dim=1, keepdim=True)
+    index = torch.remainder(torch.arange(length, device=tensor.device).unsqueeze(0) + shift, length)
+    return tensor.gather(1, index)

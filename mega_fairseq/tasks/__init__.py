@@ -1,1 +1,5 @@
 """Mega tasks; importing mega_fairseq registers them with fairseq."""
+from mega_fairseq.tasks import token_classification  # noqa: F401,E402
+from mega_fairseq.tasks import span_prediction  # noqa: F401,E402
+from mega_fairseq.tasks import lra_text  # noqa: F401,E402
+from mega_fairseq.tasks import lra_image  # noqa: F401,E402

@@ -1,0 +1,661 @@
+"""``mega_encoder``: a bidirectional Mega encoder in the RoBERTa mould, for fairseq's
+``masked_lm``, ``sentence_prediction`` and ``sentence_ranking`` tasks (and this package's
+token-classification / LRA tasks).
+
+The model is a :class:`~fairseq.models.FairseqEncoderModel` around
+:class:`~mega_fairseq.models.mega_encoder.MegaEncoder` with
+
+* a masked-LM head (dense -> activation -> LayerNorm -> projection to the vocabulary,
+  tied to the token embeddings unless ``--untie-lm-head``),
+* named sentence classification heads (``classification_heads``) over a pooled sentence
+  vector (``--sentence-rep cls``: the first token's final state, which is fairseq's
+  ``<s>`` in its masked_lm / sentence_prediction data; ``mean``: mean over the real tokens),
+  optionally over a pair of sentences ([u, v, u*v, |u-v|], ``classify_pair``),
+* named token heads (``token_heads``) over every token's final state,
+* optional token-type (segment) embeddings (``--type-vocab-size``).
+
+Returned B x T tensors (features, token-head logits, ``padding_mask``) are right-aligned:
+left-padded inputs are moved to the right before the blocks run (see ``MegaEncoder``).
+fairseq's masked_lm / sentence_prediction / sentence_ranking data is right-padded, so for
+them the output order is the input order.
+"""
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from fairseq import utils
+from fairseq.dataclass import ChoiceEnum
+from fairseq.models import (
+    FairseqEncoderModel,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.utils import safe_getattr
+
+from mega_fairseq.models.mega_encoder import MegaEncoder, right_align
+from mega_fairseq.models.mega_options import (
+    MegaCommonConfig,
+    MegaEncoderConfig,
+    layer_settings,
+)
+from mega_fairseq.models.model_building import (
+    build_embedding,
+    set_arch_defaults,
+    warn_if_preset_not_applied,
+)
+from mega_fairseq.modules.activations import get_activation_fn
+
+logger = logging.getLogger(__name__)
+
+SENTENCE_REPS = ("cls", "mean")
+POOLER_ACTIVATIONS = tuple(utils.get_available_activation_fns())
+DEFAULT_MAX_POSITIONS = 512  # RoBERTa's default when neither the model nor the task says
+
+
+@dataclass
+class MegaEncoderModelConfig(MegaCommonConfig, MegaEncoderConfig):
+    # defaults = the ``mega_encoder`` architecture = ``mega_encoder_base`` (fairseq registers
+    # the model name as an architecture with these defaults): 12 pre-norm blocks, embed 768,
+    # hidden/FFN 1536, z 128, EMA ndim 16
+    encoder_embed_dim: int = field(default=768, metadata={"help": "encoder embedding dimension"})
+    encoder_hidden_dim: int = field(
+        default=1536, metadata={"help": "encoder gated attention value/hidden dimension"}
+    )
+    encoder_ffn_embed_dim: int = field(
+        default=1536, metadata={"help": "encoder normalized FFN hidden dimension"}
+    )
+    encoder_layers: int = field(default=12, metadata={"help": "number of encoder layers"})
+    normalize_before: bool = field(
+        default=True, metadata={"help": "pre-norm blocks (post-norm when false)"}
+    )
+    max_source_positions: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "maximum input length (default: --max-positions, else the masked_lm "
+            "task's --tokens-per-sample, else the task's max positions, else 512)"
+        },
+    )
+    max_positions: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "maximum input length, RoBERTa's name for --max-source-positions (which "
+            "wins when both are set); fairseq's sentence_prediction task sets it from its "
+            "own --max-positions, and sentence_ranking needs it on the command line"
+        },
+    )
+    type_vocab_size: int = field(
+        default=0,
+        metadata={
+            "help": "number of token types (segments) with embeddings summed with the token "
+            "embeddings; 0: no token-type embeddings (token_types inputs are ignored)"
+        },
+    )
+    sentence_rep: ChoiceEnum(SENTENCE_REPS) = field(
+        default="cls",
+        metadata={
+            "help": "sentence representation of the classification heads: 'cls' (the first "
+            "token's final state, fairseq's <s>) or 'mean' (mean over non-padding tokens)"
+        },
+    )
+    untie_lm_head: bool = field(
+        default=False,
+        metadata={"help": "do not tie the masked-LM output projection to the token embeddings"},
+    )
+    pooler_activation_fn: ChoiceEnum(POOLER_ACTIVATIONS) = field(
+        default="tanh", metadata={"help": "activation function of the classification heads"}
+    )
+    pooler_dropout: float = field(
+        default=0.0, metadata={"help": "dropout probability in the classification/token heads"}
+    )
+    load_checkpoint_heads: bool = field(
+        default=False,
+        metadata={"help": "register the checkpoint's classification/token heads when loading"},
+    )
+
+
+def _positive(value, option: str) -> int:
+    if value is None or int(value) != value or value <= 0:
+        raise ValueError(f"--{option} must be a positive integer, got {value}")
+    return int(value)
+
+
+def _resolve_max_positions(cfg, task) -> int:
+    """--max-source-positions, else --max-positions, else the task's tokens per sample
+    (masked_lm) or max positions, else 512."""
+    for option in ("max_source_positions", "max_positions"):
+        value = safe_getattr(cfg, option, None)
+        if value is not None:
+            return _positive(value, option.replace("_", "-"))
+    task_cfg = getattr(task, "cfg", None)
+    if task_cfg is None:
+        task_cfg = getattr(task, "args", None)
+    tokens_per_sample = safe_getattr(task_cfg, "tokens_per_sample", None)
+    if isinstance(tokens_per_sample, int) and tokens_per_sample > 0:
+        return tokens_per_sample
+    task_max = task.max_positions() if callable(getattr(task, "max_positions", None)) else None
+    if isinstance(task_max, int) and task_max > 0:
+        return task_max
+    return DEFAULT_MAX_POSITIONS
+
+
+def _set_option(cfg, name: str, value) -> None:
+    """Record a resolved option in the model config (saved with checkpoints)."""
+    try:
+        setattr(cfg, name, value)
+    except Exception:  # a read-only config: the model still works, the checkpoint keeps None
+        logger.debug("could not record %s=%s in the model config", name, value)
+
+
+class MegaLMHead(nn.Module):
+    """Masked-LM head: dense -> activation -> LayerNorm -> vocabulary projection (+ bias)."""
+
+    def __init__(self, embed_dim: int, vocab_size: int, activation: str,
+                 weight: Optional[nn.Parameter] = None):
+        super().__init__()
+        self.dense = nn.Linear(embed_dim, embed_dim)
+        self.activation_fn = get_activation_fn(activation)
+        self.layer_norm = nn.LayerNorm(embed_dim)
+        if weight is None:
+            weight = nn.Parameter(torch.empty(vocab_size, embed_dim))
+            nn.init.normal_(weight, mean=0.0, std=embed_dim ** -0.5)
+        self.weight = weight
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, features: Tensor, masked_tokens: Optional[Tensor] = None) -> Tensor:
+        """features: B x T x C; masked_tokens: B x T bool -> B x T x V, or M x V for the
+        M masked positions (row-major order) when ``masked_tokens`` is given."""
+        if masked_tokens is not None:
+            features = features[masked_tokens, :]
+        x = self.layer_norm(self.activation_fn(self.dense(features)))
+        return F.linear(x, self.weight) + self.bias
+
+
+class MegaClassificationHead(nn.Module):
+    """Sentence head as RoBERTa's: dropout -> dense -> activation -> dropout -> out_proj, over
+    a pooled sentence vector of ``input_multiplier`` x embed_dim features."""
+
+    def __init__(self, input_dim: int, inner_dim: int, num_classes: int, activation_fn: str,
+                 pooler_dropout: float, input_multiplier: int = 1):
+        super().__init__()
+        self.input_multiplier = input_multiplier
+        self.dense = nn.Linear(input_dim * input_multiplier, inner_dim)
+        self.activation_fn = utils.get_activation_fn(activation_fn)
+        self.dropout = nn.Dropout(p=pooler_dropout)
+        self.out_proj = nn.Linear(inner_dim, num_classes)
+
+    def forward(self, sentence: Tensor) -> Tensor:
+        """sentence: B x (input_multiplier * C) -> B x num_classes."""
+        x = self.dropout(sentence)
+        x = self.dropout(self.activation_fn(self.dense(x)))
+        return self.out_proj(x)
+
+
+class MegaTokenHead(nn.Module):
+    """Per-token head: dropout -> linear over each token's final state."""
+
+    def __init__(self, input_dim: int, num_labels: int, pooler_dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(p=pooler_dropout)
+        self.out_proj = nn.Linear(input_dim, num_labels)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """features: B x T x C -> B x T x num_labels."""
+        return self.out_proj(self.dropout(features))
+
+
+@register_model("mega_encoder", dataclass=MegaEncoderModelConfig)
+class MegaEncoderModel(FairseqEncoderModel):
+    """Bidirectional Mega encoder with masked-LM, sentence-classification and token heads.
+
+    ``forward`` returns ``(x, extra)``; ``extra = {"inner_states": [T x B x C after each
+    block] with return_all_hiddens else None, "padding_mask": B x T (True at padding)}``.
+    All B x T outputs are right-aligned (left-padded input is re-aligned; fairseq's
+    masked_lm / sentence_prediction data is right-padded, so its order is unchanged).
+    """
+
+    def __init__(self, cfg, encoder: MegaEncoder, lm_head: MegaLMHead):
+        super().__init__(encoder)
+        self.args = cfg  # fairseq's sentence_prediction criterion reads model.args
+        self.embed_dim = encoder.embed_tokens.embedding_dim
+        self.sentence_rep = str(cfg.sentence_rep)
+        self.pooler_activation_fn = str(cfg.pooler_activation_fn)
+        self.pooler_dropout = cfg.pooler_dropout
+        self.lm_head = lm_head
+        self.classification_heads = nn.ModuleDict()
+        self.token_heads = nn.ModuleDict()
+        self._warned_ignored_token_types = False
+
+    @classmethod
+    def build_model(cls, cfg: MegaEncoderModelConfig, task):
+        if isinstance(cfg, argparse.Namespace):
+            # fairseq's legacy path (``build_model(args, task)`` with ``--arch`` presets)
+            cfg = MegaEncoderModelConfig.from_namespace(cfg)
+        warn_if_preset_not_applied(cfg, "mega_encoder", MegaEncoderModelConfig)
+        dictionary = getattr(task, "source_dictionary", None)
+        if dictionary is None:
+            raise ValueError(
+                f"the 'mega_encoder' model needs a task with a source dictionary (e.g. "
+                f"masked_lm, sentence_prediction, sentence_ranking); task "
+                f"{type(task).__name__} has none"
+            )
+        if str(cfg.sentence_rep) not in SENTENCE_REPS:
+            raise ValueError(
+                f"--sentence-rep must be one of {list(SENTENCE_REPS)}, got {cfg.sentence_rep!r}"
+            )
+        if str(cfg.pooler_activation_fn) not in POOLER_ACTIVATIONS:
+            raise ValueError(
+                f"--pooler-activation-fn must be one of {list(POOLER_ACTIVATIONS)}, "
+                f"got {cfg.pooler_activation_fn!r}"
+            )
+        if cfg.type_vocab_size is None or cfg.type_vocab_size < 0:
+            raise ValueError(
+                f"--type-vocab-size must be 0 (no token types) or positive, got {cfg.type_vocab_size}"
+            )
+        if not 0.0 <= cfg.pooler_dropout < 1.0:
+            raise ValueError(f"--pooler-dropout must lie in [0, 1), got {cfg.pooler_dropout}")
+        max_positions = _resolve_max_positions(cfg, task)
+        _set_option(cfg, "max_source_positions", max_positions)
+
+        embed_dim = cfg.encoder_embed_dim
+        embed_tokens = build_embedding(dictionary, embed_dim)
+        embed_token_types = None
+        if cfg.type_vocab_size > 0:
+            embed_token_types = nn.Embedding(cfg.type_vocab_size, embed_dim)
+            nn.init.normal_(embed_token_types.weight, mean=0.0, std=embed_dim ** -0.5)
+        encoder = MegaEncoder(
+            layer_settings(cfg, "encoder", max_positions, causal=False),
+            cfg.encoder_layers,
+            dictionary,
+            embed_tokens,
+            max_source_positions=max_positions,
+            scale_embedding=not cfg.no_scale_embedding,
+            normalize_embedding=cfg.normalize_embedding,
+            affine_final_norm=not cfg.no_affine_final_norm,
+            embed_token_types=embed_token_types,
+        )
+        lm_head = MegaLMHead(
+            embed_dim,
+            len(dictionary),
+            str(cfg.activation_fn),
+            weight=None if cfg.untie_lm_head else embed_tokens.weight,
+        )
+        return cls(cfg, encoder, lm_head)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        src_tokens: Tensor,
+        src_lengths: Optional[Tensor] = None,
+        features_only: bool = False,
+        return_all_hiddens: bool = False,
+        classification_head_name: Optional[str] = None,
+        token_head_name: Optional[str] = None,
+        masked_tokens: Optional[Tensor] = None,
+        token_types: Optional[Tensor] = None,
+        **kwargs,
+    ):
+        """src_tokens: B x T (right or left padded); token_types (alias ``segment_labels``):
+        B x T ids aligned with src_tokens.
+
+        Returns ``(x, extra)`` with x:
+
+        * ``classification_head_name``: B x num_classes logits of the pooled sentence,
+        * ``token_head_name``: B x T x num_labels logits,
+        * ``features_only``: B x T x C final states,
+        * otherwise masked-LM logits B x T x V, or M x V at the M ``masked_tokens``
+          positions (B x T bool, in the input's order) as RoBERTa.
+        """
+        if classification_head_name is not None and token_head_name is not None:
+            raise ValueError("pass classification_head_name or token_head_name, not both")
+        token_types = self._token_types(token_types, kwargs)
+        features, extra = self.extract_features(
+            src_tokens, src_lengths, return_all_hiddens=return_all_hiddens, token_types=token_types
+        )
+        if classification_head_name is not None:
+            head = self._sentence_head(classification_head_name, pair=False)
+            return head(self._pool(features, extra["padding_mask"])), extra
+        if token_head_name is not None:
+            return self._head("token", token_head_name)(features), extra
+        if features_only:
+            return features, extra
+        if masked_tokens is not None:
+            input_padding = src_tokens.eq(self.encoder.padding_idx)
+            if input_padding[:, 0].any():
+                masked_tokens = right_align(masked_tokens, input_padding)
+        return self.lm_head(features, masked_tokens), extra
+
+    def extract_features(
+        self,
+        src_tokens: Tensor,
+        src_lengths: Optional[Tensor] = None,
+        return_all_hiddens: bool = False,
+        token_types: Optional[Tensor] = None,
+        **kwargs,
+    ):
+        """Final states B x T x C (right-aligned) and ``{"inner_states", "padding_mask"}``."""
+        token_types = self._token_types(token_types, kwargs)
+        encoder_out = self.encoder(
+            src_tokens, src_lengths, return_all_hiddens=return_all_hiddens, token_types=token_types
+        )
+        features = encoder_out["encoder_out"][0].transpose(0, 1)  # T x B x C -> B x T x C
+        extra = {
+            "inner_states": encoder_out["encoder_states"] if return_all_hiddens else None,
+            "padding_mask": encoder_out["encoder_padding_mask"][0],
+        }
+        return features, extra
+
+    def sentence_representation(self, src_tokens: Tensor, token_types: Optional[Tensor] = None,
+                                **kwargs) -> Tensor:
+        """B x C sentence vectors, pooled per ``--sentence-rep``."""
+        features, extra = self.extract_features(src_tokens, token_types=token_types, **kwargs)
+        return self._pool(features, extra["padding_mask"])
+
+    def classify_pair(self, head_name: str, first: Dict, second: Dict) -> Tensor:
+        """Encodes the net inputs ``first`` and ``second`` (dicts with src_tokens, ...) and
+        applies the pair head ``head_name`` (registered with ``input_multiplier=4``) to
+        [u, v, u*v, |u-v|] -> B x num_classes."""
+        head = self._sentence_head(head_name, pair=True)
+        u = self.sentence_representation(**first)
+        v = self.sentence_representation(**second)
+        if u.shape != v.shape:
+            raise ValueError(
+                f"classify_pair needs equally many first and second inputs, got {u.size(0)} "
+                f"and {v.size(0)}"
+            )
+        return head(torch.cat([u, v, u * v, torch.abs(u - v)], dim=-1))
+
+    def get_normalized_probs(self, net_output, log_probs, sample=None):
+        logits = net_output[0].float()
+        return F.log_softmax(logits, dim=-1) if log_probs else F.softmax(logits, dim=-1)
+
+    def _pool(self, features: Tensor, padding_mask: Tensor) -> Tensor:
+        if self.sentence_rep == "cls":
+            return features[:, 0, :]
+        keep = (~padding_mask).unsqueeze(-1).type_as(features)
+        return (features * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
+
+    def _token_types(self, token_types: Optional[Tensor], kwargs) -> Optional[Tensor]:
+        segment_labels = kwargs.pop("segment_labels", None)
+        if token_types is None:
+            token_types = segment_labels
+        if token_types is not None and self.encoder.embed_token_types is None:
+            if not self._warned_ignored_token_types:
+                logger.warning(
+                    "token_types are ignored: the model has no token-type embeddings "
+                    "(--type-vocab-size 0)"
+                )
+                self._warned_ignored_token_types = True
+            return None
+        return token_types
+
+    # ------------------------------------------------------------------ heads
+    def register_classification_head(self, name: str, num_classes: Optional[int] = None,
+                                      inner_dim: Optional[int] = None, input_multiplier: int = 1,
+                                      **kwargs):
+        """A sentence head ``name``: B x num_classes logits of the pooled sentence vector
+        (``input_multiplier=4``: of [u, v, u*v, |u-v|] for ``classify_pair``)."""
+        if num_classes is None or num_classes <= 0:
+            raise ValueError(
+                f"classification head {name!r} needs a positive num_classes, got {num_classes}"
+            )
+        if input_multiplier not in (1, 4):
+            raise ValueError(
+                f"input_multiplier must be 1 (one sentence) or 4 (a pair: [u, v, u*v, |u-v|]), "
+                f"got {input_multiplier}"
+            )
+        inner_dim = inner_dim or self.embed_dim
+        if name in self.classification_heads:
+            previous = self.classification_heads[name]
+            before = (previous.out_proj.out_features, previous.dense.out_features,
+                      previous.input_multiplier)
+            if before != (num_classes, inner_dim, input_multiplier):
+                logger.warning(
+                    "re-registering classification head %r with num_classes %s, inner_dim %s, "
+                    "input_multiplier %s (previously %s, %s, %s)",
+                    name, num_classes, inner_dim, input_multiplier, *before,
+                )
+        self.classification_heads[name] = self._like_model(MegaClassificationHead(
+            self.embed_dim, inner_dim, num_classes, self.pooler_activation_fn,
+            self.pooler_dropout, input_multiplier,
+        ))
+
+    def register_token_head(self, name: str, num_labels: int):
+        """A per-token head ``name``: B x T x num_labels logits."""
+        if num_labels is None or num_labels <= 0:
+            raise ValueError(f"token head {name!r} needs a positive num_labels, got {num_labels}")
+        if name in self.token_heads and self.token_heads[name].out_proj.out_features != num_labels:
+            logger.warning(
+                "re-registering token head %r with num_labels %s (previously %s)",
+                name, num_labels, self.token_heads[name].out_proj.out_features,
+            )
+        self.token_heads[name] = self._like_model(
+            MegaTokenHead(self.embed_dim, num_labels, self.pooler_dropout)
+        )
+
+    def _like_model(self, head: nn.Module) -> nn.Module:
+        """A new head on the model's device and dtype, in its train/eval mode."""
+        weight = self.encoder.embed_tokens.weight
+        return head.to(device=weight.device, dtype=weight.dtype).train(self.training)
+
+    def _head(self, kind: str, name: str) -> nn.Module:
+        heads = self.classification_heads if kind == "classification" else self.token_heads
+        if name not in heads:
+            raise ValueError(
+                f"no {kind} head named {name!r}; registered {kind} heads: "
+                f"{sorted(heads.keys()) or 'none'} (register_{kind}_head)"
+            )
+        return heads[name]
+
+    def _sentence_head(self, name: str, pair: bool) -> MegaClassificationHead:
+        head = self._head("classification", name)
+        if pair and head.input_multiplier != 4:
+            raise ValueError(
+                f"classification head {name!r} takes one sentence; classify_pair needs a head "
+                "registered with input_multiplier=4"
+            )
+        if not pair and head.input_multiplier != 1:
+            raise ValueError(
+                f"classification head {name!r} takes a sentence pair (input_multiplier="
+                f"{head.input_multiplier}); use classify_pair"
+            )
+        return head
+
+    def max_positions(self):
+        return self.encoder.max_positions()
+
+    # ------------------------------------------------------------------ checkpoints
+    def upgrade_state_dict_named(self, state_dict, name):
+        """Before the tensors are copied: refuse a checkpoint that is not a ``mega_encoder``,
+        check the dictionary (``MegaEncoder``), and reconcile the heads as RoBERTa does:
+        checkpoint heads this model lacks are dropped with a warning (or registered with
+        ``--load-checkpoint-heads``), heads of other sizes are dropped with a warning, and
+        this model's heads missing from the checkpoint keep their current weights."""
+        prefix = f"{name}." if name else ""
+        expected = {
+            "Mega encoder blocks": prefix + "encoder.layers.0.self_attn.ema.",
+            "masked-LM head": prefix + "lm_head.",
+        }
+        missing = [part for part, key in expected.items()
+                   if not any(k.startswith(key) for k in state_dict)]
+        if missing:
+            found = sorted({".".join(k.split(".")[:3]) for k in state_dict})[:6]
+            raise ValueError(
+                f"the checkpoint is not a 'mega_encoder' model: it has no {' and no '.join(missing)} "
+                f"(its parameters start with {', '.join(found)}, ...); load it with the model "
+                "type it was trained with"
+            )
+        super().upgrade_state_dict_named(state_dict, name)
+        self._reconcile_heads(state_dict, prefix, "classification")
+        self._reconcile_heads(state_dict, prefix, "token")
+
+    def _reconcile_heads(self, state_dict, prefix: str, kind: str) -> None:
+        heads = self.classification_heads if kind == "classification" else self.token_heads
+        head_prefix = f"{prefix}{kind}_heads."
+        load_heads = bool(safe_getattr(self.args, "load_checkpoint_heads", False))
+        names = sorted({k[len(head_prefix):].split(".")[0]
+                        for k in state_dict if k.startswith(head_prefix)})
+        for head in names:
+            keys = [k for k in state_dict if k.startswith(f"{head_prefix}{head}.")]
+            shapes = self._checkpoint_head_shape(state_dict, f"{head_prefix}{head}.", kind)
+            if head not in heads:
+                if load_heads and shapes is not None:
+                    self._register_from_shape(kind, head, shapes)
+                    continue
+                logger.warning("deleting %s head %r from the checkpoint: not present in the "
+                               "current model", kind, head)
+            elif shapes != self._current_head_shape(heads[head], kind):
+                logger.warning("deleting %s head %r from the checkpoint: its dimensions %s differ "
+                               "from the current model's %s", kind, head, shapes,
+                               self._current_head_shape(heads[head], kind))
+            else:
+                continue
+            for k in keys:
+                del state_dict[k]
+        for k, v in heads.state_dict().items():
+            if head_prefix + k not in state_dict:
+                logger.info("%s head parameter %s is not in the checkpoint: keeping the current "
+                            "weights", kind, head_prefix + k)
+                state_dict[head_prefix + k] = v
+
+    @staticmethod
+    def _checkpoint_head_shape(state_dict, head_prefix: str, kind: str):
+        out = state_dict.get(head_prefix + "out_proj.weight")
+        if kind == "token":
+            return None if out is None else (out.size(0),)
+        dense = state_dict.get(head_prefix + "dense.weight")
+        if out is None or dense is None:
+            return None
+        return (out.size(0), dense.size(0), dense.size(1))
+
+    @staticmethod
+    def _current_head_shape(head: nn.Module, kind: str):
+        if kind == "token":
+            return (head.out_proj.out_features,)
+        return (head.out_proj.out_features, head.dense.out_features, head.dense.in_features)
+
+    def _register_from_shape(self, kind: str, name: str, shape) -> None:
+        if kind == "token":
+            self.register_token_head(name, shape[0])
+            return
+        num_classes, inner_dim, input_dim = shape
+        if input_dim % self.embed_dim:
+            raise ValueError(
+                f"classification head {name!r} of the checkpoint takes {input_dim} inputs, not a "
+                f"multiple of the embedding dimension {self.embed_dim}"
+            )
+        self.register_classification_head(name, num_classes, inner_dim,
+                                          input_multiplier=input_dim // self.embed_dim)
+
+
+# ----------------------------------------------------------------- architectures
+def _set_sizes(args, embed, hidden, ffn, z, n, layers):
+    set_arch_defaults(
+        args,
+        encoder_embed_dim=embed,
+        encoder_hidden_dim=hidden,
+        encoder_ffn_embed_dim=ffn,
+        encoder_z_dim=z,
+        encoder_n_dim=n,
+        encoder_layers=layers,
+    )
+
+
+@register_model_architecture("mega_encoder", "mega_encoder_base")
+def mega_encoder_base(args):
+    """BERT-base class (about 124M parameters with a 50k vocabulary): 12 pre-norm blocks,
+    embed 768, hidden = FFN = 2 x embed, z 128, EMA ndim 16 (the Mega paper's ratios: its
+    base models use hidden = FFN = 2 x embed and z 128). Pre-norm for stable deep
+    pretraining. Same as ``--arch mega_encoder`` (the config defaults)."""
+    _set_sizes(args, 768, 1536, 1536, 128, 16, 12)
+    set_arch_defaults(
+        args,
+        normalize_before=True,
+        normalization_type="layernorm",
+        activation_fn="silu",
+        attention_activation_fn="softmax",
+        rel_pos_bias="simple",
+        dropout=0.1,
+        sentence_rep="cls",
+    )
+
+
+@register_model_architecture("mega_encoder", "mega_encoder_tiny")
+def mega_encoder_tiny(args):
+    """2 small blocks for CPU tests and examples."""
+    _set_sizes(args, 64, 128, 128, 32, 4, 2)
+    mega_encoder_base(args)
+
+
+# Long Range Arena presets. Sizes, EMA ndim 16, truncation (1024; Path-X 4096), chunk sizes,
+# max positions (ListOps 2002, Text/Retrieval 4002, Image/Pathfinder 1024, Path-X 128*128),
+# mean-pooled sentence representation ('mp') and the norms of ListOps/Text/Image/Pathfinder
+# come from the authors' architectures (facebookresearch/mega, fairseq/models/lra/model.py:
+# mega_lra_*; Retrieval's scalenorm from its training command);
+# attention activation (softmax for text, laplace for image tasks), pre-norm for the image
+# tasks, dropout (0.1 text, 0.0 image), attention/activation dropout 0.0 come from their
+# training commands (examples/mega/README.lra.md), which also pass --norm-type layernorm for
+# ListOps (the architecture's default there is scalenorm, kept here) and syncbatchnorm for
+# Path-X. The authors train with --weight-decay, linear-decay lr schedules, etc. (see that README).
+def _lra(args, embed, hidden, ffn, z, layers, *, norm, prenorm, attention_activation, dropout,
+         max_positions, chunk=-1, truncation=1024):
+    _set_sizes(args, embed, hidden, ffn, z, 16, layers)
+    set_arch_defaults(
+        args,
+        normalization_type=norm,
+        normalize_before=prenorm,
+        activation_fn="silu",
+        attention_activation_fn=attention_activation,
+        rel_pos_bias="simple",
+        dropout=dropout,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+        activation_dropout=0.0,
+        encoder_chunk_size=chunk,
+        truncation_length=truncation,
+        max_positions=max_positions,
+        sentence_rep="mean",
+    )
+
+
+@register_model_architecture("mega_encoder", "mega_lra_listop")
+def mega_lra_listop(args):
+    _lra(args, 80, 160, 160, 64, 6, norm="scalenorm", prenorm=False,
+         attention_activation="softmax", dropout=0.1, max_positions=2002)
+
+
+@register_model_architecture("mega_encoder", "mega_lra_imdb")
+def mega_lra_imdb(args):
+    _lra(args, 128, 256, 256, 64, 4, norm="scalenorm", prenorm=False,
+         attention_activation="softmax", dropout=0.1, max_positions=4002)
+
+
+@register_model_architecture("mega_encoder", "mega_lra_aan")
+def mega_lra_aan(args):
+    _lra(args, 128, 256, 256, 64, 6, norm="scalenorm", prenorm=False,
+         attention_activation="softmax", dropout=0.1, max_positions=4002)
+
+
+@register_model_architecture("mega_encoder", "mega_lra_cifar10")
+def mega_lra_cifar10(args):
+    _lra(args, 160, 320, 320, 96, 8, norm="batchnorm", prenorm=True,
+         attention_activation="laplace", dropout=0.0, max_positions=1024, chunk=1024)
+
+
+@register_model_architecture("mega_encoder", "mega_lra_pf32")
+def mega_lra_pf32(args):
+    _lra(args, 128, 256, 256, 64, 6, norm="batchnorm", prenorm=True,
+         attention_activation="laplace", dropout=0.0, max_positions=1024, chunk=1024)
+
+
+@register_model_architecture("mega_encoder", "mega_lra_pf128")
+def mega_lra_pf128(args):
+    _lra(args, 64, 128, 128, 32, 4, norm="syncbatchnorm", prenorm=True,
+         attention_activation="laplace", dropout=0.0, max_positions=128 * 128,
+         chunk=128 * 128, truncation=4096)

@@ -1,0 +1,187 @@
+"""Data helpers shared by the token-level tasks (``token_classification``, ``span_prediction``).
+
+Both tasks read ``fairseq-preprocess --only-source`` output (``DATA/<key>/<split>.bin/.idx``,
+one item per line of the text file, each ending with ``</s>``) and build model inputs
+``<s> ... </s>`` that are **right-padded** (``B x T``), the order the ``mega_encoder`` token
+heads return their logits in.  Error messages name the text line (1-based) of the
+binarized file, which is the item index + 1.
+"""
+
+import logging
+import os
+import numpy as np
+import torch
+
+from fairseq.data import FairseqDataset, data_utils
+from fairseq.dataclass import ChoiceEnum
+
+logger = logging.getLogger(__name__)
+
+#: target value of positions that carry no label (``<s>``, ``</s>``, padding); it is the
+#: default ``ignore_index`` of torch's cross-entropy.
+IGNORE_INDEX = -100
+SHORTEN_METHODS = ("none", "truncate", "random_crop")
+SHORTEN_METHOD_CHOICES = ChoiceEnum(list(SHORTEN_METHODS))
+
+
+def binarized_name(data: str, key: str, split: str) -> str:
+    """The path prefix of a binarized split, e.g. ``DATA/input0/valid``."""
+    return os.path.join(data, key, split)
+
+
+def load_binarized(data: str, key: str, split: str, dictionary, combine: bool = False):
+    """Load ``DATA/key/split.{bin,idx}``; ``FileNotFoundError`` naming the path if missing."""
+    prefix = binarized_name(data, key, split)
+    dataset = data_utils.load_indexed_dataset(prefix, dictionary, combine=combine)
+    if dataset is None:
+        raise FileNotFoundError(
+            f"no binarized data {prefix}.bin/.idx (expected the output of "
+            f"fairseq-preprocess --only-source --destdir {os.path.join(data, key)})"
+        )
+    return dataset
+
+
+def item_sizes(dataset) -> np.ndarray:
+    """Number of tokens of every item (``</s>`` included), as int64."""
+    return np.asarray(dataset.sizes, dtype=np.int64)
+
+
+def concatenated_tokens(dataset) -> np.ndarray:
+    """All tokens of all items, concatenated in item order (1-D integer array; for a
+    memory-mapped dataset a zero-copy view of its data file, in its stored dtype)."""
+    try:  # fast path: the data file of an MMapIndexedDataset holds exactly that
+        flat = np.frombuffer(dataset._bin_buffer, dtype=dataset._index.dtype)
+        if flat.size == int(item_sizes(dataset).sum()):
+            return flat
+    except (AttributeError, TypeError):
+        pass
+    if len(dataset) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.asarray(dataset[i], dtype=np.int64) for i in range(len(dataset))])
+
+
+def check_ends_with_eos(dataset, sizes: np.ndarray, eos: int, prefix: str) -> None:
+    """Every item must end with ``</s>`` (fairseq-preprocess appends it)."""
+    if len(sizes) == 0:
+        return
+    if (sizes < 1).any():
+        line = int(np.flatnonzero(sizes < 1)[0]) + 1
+        raise ValueError(f"{prefix}.bin, line {line}: empty item (expected fairseq-preprocess output)")
+    flat = concatenated_tokens(dataset)
+    last = flat[np.cumsum(sizes) - 1]
+    wrong = np.flatnonzero(last != eos)
+    if wrong.size:
+        raise ValueError(
+            f"{prefix}.bin, line {int(wrong[0]) + 1}: item does not end with </s>; "
+            "binarize the text with fairseq-preprocess --only-source"
+        )
+
+
+def position_in_lines(flat_index: int, sizes: np.ndarray):
+    """(line, token) 1-based of a position of :func:`concatenated_tokens`."""
+    ends = np.cumsum(sizes)
+    line = int(np.searchsorted(ends, flat_index, side="right"))
+    start = int(ends[line - 1]) if line > 0 else 0
+    return line + 1, flat_index - start + 1
+
+
+def count_labels(dictionary) -> int:
+    """Number of real labels of a label dictionary: its symbols after the specials, minus
+    the ``madeupwordNNNN`` fillers fairseq-preprocess appends (``--padding-factor``, count
+    0).  Labels are the contiguous indices ``nspecial .. nspecial + count - 1``."""
+    count = 0
+    for index in range(dictionary.nspecial, len(dictionary)):
+        symbol = dictionary[index]
+        filler = symbol.startswith("madeupword") and symbol[10:].isdigit() and dictionary.count[index] == 0
+        if filler:
+            break
+        count += 1
+    return count
+
+
+def shorten_applies(split: str, method: str, split_list: str) -> bool:
+    """Like fairseq's ``maybe_shorten_dataset``: an empty list means every split."""
+    if method == "none":
+        return False
+    return len(split_list) == 0 or split in split_list.split(",")
+
+
+def crop_start(seed: int, epoch: int, index: int, low: int, high: int) -> int:
+    """A reproducible random integer in ``[low, high]`` for one example and epoch."""
+    if high <= low:
+        return low
+    rng = np.random.default_rng([seed, epoch, index])
+    return int(rng.integers(low, high + 1))
+
+
+class TokenExampleDataset(FairseqDataset):
+    """Base of the token-level datasets: fixed per-item sizes (model positions), ordering
+    (a seeded shuffle, then sorted by size) and the epoch for random crops.
+
+    Args:
+        sizes: model positions of every item (``<s>`` and ``</s>`` included)
+        pad: padding index of the input dictionary
+        shuffle: shuffle before sorting by size (train)
+        seed: seed of the shuffle and of random crops
+    """
+
+    def __init__(self, sizes: np.ndarray, pad: int, shuffle: bool, seed: int):
+        super().__init__()
+        self._sizes = np.asarray(sizes, dtype=np.int64)
+        self.pad = pad
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 1
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return self._sizes
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def num_tokens(self, index: int) -> int:
+        return int(self._sizes[index])
+
+    def num_tokens_vec(self, indices):
+        return self._sizes[indices]
+
+    def size(self, index: int) -> int:
+        return int(self._sizes[index])
+
+    def ordered_indices(self) -> np.ndarray:
+        if self.shuffle:
+            order = np.random.default_rng(self.seed).permutation(len(self))
+        else:
+            order = np.arange(len(self))
+        return order[np.argsort(self._sizes[order], kind="mergesort")]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def collate_inputs(self, samples) -> dict:
+        """The common part of a batch: ``id`` [B], ``nsentences``, ``ntokens`` and
+        ``net_input`` (``src_tokens`` B x T right-padded, ``src_lengths`` B)."""
+        sources = [s["source"] for s in samples]
+        return {
+            "id": torch.LongTensor([s["id"] for s in samples]),
+            "nsentences": len(samples),
+            "ntokens": sum(len(s) for s in sources),
+            "net_input": {
+                "src_tokens": data_utils.collate_tokens(sources, pad_idx=self.pad),
+                "src_lengths": torch.LongTensor([len(s) for s in sources]),
+            },
+        }
+
+
+def log_loaded(split: str, dataset, what: str) -> None:
+    logger.info(f"loaded {split} for {what}: {len(dataset)} examples")
+
+
+def describe_shortening(max_positions: int) -> str:
+    """The hint appended to 'too long' errors."""
+    return (
+        f"more than --max-positions={max_positions}; raise --max-positions (the model must "
+        "support it) or shorten the data with --shorten-method truncate|random_crop "
+        "(and --shorten-data-split-list to choose the splits)"
+    )
