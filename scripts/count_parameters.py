@@ -13,8 +13,17 @@ encoder layers, which register a second copy of their weights (``in_proj_weight`
         --model --arch mega_tiny --share-all-embeddings \\
         --match --arch transformer --encoder-layers 2 --decoder-layers 2 ...
 The ``--match`` run searches the FFN width (``--encoder-ffn-embed-dim`` =
-``--decoder-ffn-embed-dim``) of the second model that comes closest to the first and
-prints it as JSON on the last line.
+``--decoder-ffn-embed-dim``; only the first for models without a decoder option, e.g.
+``roberta``) of the second model that comes closest to the first and prints it as JSON on
+the last line.
+
+Sentence-level tasks (``sentence_prediction``, ``lra-text``, ...: the task registers a
+classification head) are counted through the task's criterion, as a training step uses
+the model there (the head, not the masked-LM head):
+
+    python scripts/count_parameters.py BIN --task sentence_prediction --num-classes 2 \
+        --max-positions 256 --model --arch mega_encoder_tiny \
+        --match --arch roberta --encoder-layers 2 --encoder-embed-dim 128 ...
 """
 
 import argparse
@@ -29,16 +38,31 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def build_model(common: List[str], model_args: List[str]):
-    """(model, task) exactly as fairseq-train builds them from the command line."""
-    from fairseq import options, tasks
+def parse(common: List[str], model_args: List[str], parse_known: bool = False):
+    from fairseq import options
 
     parser = options.get_training_parser()
-    args = options.parse_args_and_arch(
-        parser, input_args=[*common, "--user-dir", str(REPO / "mega_fairseq"), *model_args]
+    return options.parse_args_and_arch(
+        parser, input_args=[*common, "--user-dir", str(REPO / "mega_fairseq"), *model_args],
+        parse_known=parse_known,
     )
-    task = tasks.setup_task(args)
-    return task.build_model(args), task
+
+
+def build_model(common: List[str], model_args: List[str]):
+    """(model, task) exactly as fairseq-train builds them from the command line; the
+    criterion is ``task.counting_criterion``."""
+    from fairseq import tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    cfg = convert_namespace_to_omegaconf(parse(common, model_args))
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    task.counting_criterion = task.build_criterion(cfg.criterion)
+    return model, task
+
+
+def _sentence_level(model) -> bool:
+    return bool(getattr(model, "classification_heads", None))
 
 
 def count(model, task) -> Tuple[int, int]:
@@ -50,7 +74,15 @@ def count(model, task) -> Tuple[int, int]:
     tokens[:, -1] = dictionary.eos()
     model.train()
     model.zero_grad()
-    if task.target_dictionary is not None and hasattr(model, "encoder"):
+    criterion = getattr(task, "counting_criterion", None)
+    if criterion is not None and _sentence_level(model):
+        # a classification step through the criterion (one label per sentence)
+        tokens[:, 0] = dictionary.bos()
+        sample = {"id": torch.arange(2), "nsentences": 2, "ntokens": 10,
+                  "net_input": {"src_tokens": tokens, "src_lengths": torch.tensor([5, 5])},
+                  "target": torch.zeros(2, dtype=torch.long)}
+        output = criterion(model, sample)
+    elif task.target_dictionary is not None and hasattr(model, "encoder"):
         output = model(tokens, torch.tensor([5, 5]), tokens)
     else:
         output = model(tokens)
@@ -60,11 +92,23 @@ def count(model, task) -> Tuple[int, int]:
     return registered, used
 
 
+def width_options(common: List[str], model_args: List[str], width: int) -> List[str]:
+    """``--encoder-ffn-embed-dim W``, plus ``--decoder-ffn-embed-dim W`` if the model has it."""
+    _, unknown = parse(common, model_args + ["--decoder-ffn-embed-dim", "1"], parse_known=True)
+    options = ["--encoder-ffn-embed-dim", str(width)]
+    if "--decoder-ffn-embed-dim" not in unknown:
+        options += ["--decoder-ffn-embed-dim", str(width)]
+    return options
+
+
 def match_ffn_width(common, target_used: int, model_args: List[str]) -> Tuple[int, int]:
     """FFN width (1 ... 16384) whose used-parameter count is closest to ``target_used``."""
+    with_decoder = len(width_options(common, model_args, 1)) > 2
 
     def used_with(width: int) -> int:
-        width_args = ["--encoder-ffn-embed-dim", str(width), "--decoder-ffn-embed-dim", str(width)]
+        width_args = ["--encoder-ffn-embed-dim", str(width)]
+        if with_decoder:
+            width_args += ["--decoder-ffn-embed-dim", str(width)]
         model, task = build_model(common, model_args + width_args)
         return count(model, task)[1]
 
@@ -104,8 +148,8 @@ def main(argv=None):
     if match_args is not None:
         width, matched = match_ffn_width(common, used, match_args)
         result["match"] = {"args": match_args, "ffn_embed_dim": width, "used": matched}
-        print(f"baseline: {' '.join(match_args)} --encoder-ffn-embed-dim {width} "
-              f"--decoder-ffn-embed-dim {width}\n  used {matched:,} "
+        print(f"baseline: {' '.join(match_args + width_options(common, match_args, width))}\n"
+              f"  used {matched:,} "
               f"({100.0 * (matched - used) / used:+.2f}%)")
     print(json.dumps(result))
 

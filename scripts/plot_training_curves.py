@@ -4,6 +4,9 @@
     python scripts/plot_training_curves.py --log mega=work/train_mega.log \\
         --log transformer=work/train_transformer.log --out curves.png [--json curves.json]
 
+``--metric accuracy`` (repeatable; any ``| valid |`` field) adds a row of plots of
+that metric (JSON key ``valid_<metric>``) under the loss plots.
+
 Reads fairseq's ``simple`` log format (the default when stdout is not a terminal, or
 ``--log-format simple``): ``train_inner`` lines give the wall-clock time at each logged
 update count and ``valid`` lines the validation loss at an update count; the time of a
@@ -21,9 +24,12 @@ TRAIN_INNER = re.compile(r"\| train_inner \|.*num_updates=(\d+).*\bwall=([0-9.]+
 VALID = re.compile(r"\| valid \| .*\| loss ([0-9.]+) .*\| num_updates (\d+)")
 
 
-def parse_log(path: Path) -> Dict[str, List[Tuple[float, float]]]:
-    """{"wall": [(updates, seconds)], "valid": [(updates, loss)]} of one log."""
+def parse_log(path: Path, metrics: Tuple[str, ...] = ()) -> Dict[str, List[Tuple[float, float]]]:
+    """{"wall": [(updates, seconds)], "valid": [(updates, loss)]} of one log, and
+    {metric: [(updates, value)]} for each of ``metrics``."""
     wall, valid = [], []
+    extra = {metric: [] for metric in metrics}
+    patterns = {metric: re.compile(r"\| " + re.escape(metric) + r" ([-0-9.eE+]+)") for metric in metrics}
     for line in path.read_text(errors="replace").splitlines():
         match = TRAIN_INNER.search(line)
         if match:
@@ -31,11 +37,17 @@ def parse_log(path: Path) -> Dict[str, List[Tuple[float, float]]]:
             continue
         match = VALID.search(line)
         if match:
-            valid.append((int(match.group(2)), float(match.group(1))))
+            updates = int(match.group(2))
+            valid.append((updates, float(match.group(1))))
+            for metric, pattern in patterns.items():
+                value = pattern.search(line)
+                if value is None:
+                    raise ValueError(f"{path}: a validation line without '| {metric} VALUE': {line[-200:]}")
+                extra[metric].append((updates, float(value.group(1))))
     if not valid:
         raise ValueError(f"{path}: no validation lines ('| valid | ... | loss ... | num_updates N') found; "
                          "was it written by fairseq-train with --log-format simple?")
-    return {"wall": wall, "valid": valid}
+    return {"wall": wall, "valid": valid, **extra}
 
 
 def seconds_at(updates: int, wall: List[Tuple[int, float]]) -> float:
@@ -50,35 +62,39 @@ def seconds_at(updates: int, wall: List[Tuple[int, float]]) -> float:
     return t0 + (t1 - t0) * (updates - u0) / max(u1 - u0, 1)
 
 
-def curves(logs: Dict[str, Path]) -> Dict[str, List[Dict[str, float]]]:
+def curves(logs: Dict[str, Path], metrics: Tuple[str, ...] = ()) -> Dict[str, List[Dict[str, float]]]:
     result = {}
     for name, path in logs.items():
-        parsed = parse_log(path)
+        parsed = parse_log(path, metrics)
         result[name] = [
-            {"updates": u, "seconds": seconds_at(u, parsed["wall"]), "valid_loss": loss}
-            for u, loss in parsed["valid"]
+            {"updates": u, "seconds": seconds_at(u, parsed["wall"]), "valid_loss": loss,
+             **{f"valid_{metric}": parsed[metric][i][1] for metric in metrics}}
+            for i, (u, loss) in enumerate(parsed["valid"])
         ]
     return result
 
 
-def plot(data, out: Path, title: str) -> None:
+def plot(data, out: Path, title: str, metrics: Tuple[str, ...] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (by_time, by_updates) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, points in data.items():
-        by_time.plot([p["seconds"] / 60 for p in points], [p["valid_loss"] for p in points],
-                     marker="o", markersize=3, label=name)
-        by_updates.plot([p["updates"] for p in points], [p["valid_loss"] for p in points],
-                        marker="o", markersize=3, label=name)
-    by_time.set_xlabel("training time (minutes)")
-    by_updates.set_xlabel("updates")
-    for axis in (by_time, by_updates):
-        axis.set_ylabel("validation loss (base 2)")
-        axis.grid(alpha=0.3)
-        axis.legend()
+    rows = [("valid_loss", "validation loss (base 2)")]
+    rows += [(f"valid_{metric}", f"validation {metric}") for metric in metrics]
+    figure, axes = plt.subplots(len(rows), 2, figsize=(11, 4 * len(rows)), squeeze=False)
+    for (key, ylabel), (by_time, by_updates) in zip(rows, axes):
+        for name, points in data.items():
+            by_time.plot([p["seconds"] / 60 for p in points], [p[key] for p in points],
+                         marker="o", markersize=3, label=name)
+            by_updates.plot([p["updates"] for p in points], [p[key] for p in points],
+                            marker="o", markersize=3, label=name)
+        by_time.set_xlabel("training time (minutes)")
+        by_updates.set_xlabel("updates")
+        for axis in (by_time, by_updates):
+            axis.set_ylabel(ylabel)
+            axis.grid(alpha=0.3)
+            axis.legend()
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(out, dpi=120)
@@ -91,6 +107,8 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
     parser.add_argument("--json", type=Path, help="also write the curves as JSON")
     parser.add_argument("--title", default="validation loss")
+    parser.add_argument("--metric", action="append", default=[],
+                        help="also plot this validation metric, e.g. accuracy (repeatable)")
     args = parser.parse_args(argv)
     logs = {}
     for item in args.log:
@@ -100,8 +118,9 @@ def main(argv=None):
         if not Path(path).is_file():
             parser.error(f"--log {item!r}: no such file {path}")
         logs[name] = Path(path)
-    data = curves(logs)
-    plot(data, args.out, args.title)
+    metrics = tuple(m for m in args.metric if m != "loss")
+    data = curves(logs, metrics)
+    plot(data, args.out, args.title, metrics)
     if args.json:
         args.json.write_text(json.dumps(data, indent=1))
     for name, points in data.items():
