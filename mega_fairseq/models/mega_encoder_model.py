@@ -47,7 +47,9 @@ from mega_fairseq.models.mega_options import (
 )
 from mega_fairseq.models.model_building import (
     build_embedding,
+    refuse_foreign_checkpoint,
     set_arch_defaults,
+    stack_embedding_options,
     warn_if_preset_not_applied,
 )
 from mega_fairseq.modules.activations import get_activation_fn
@@ -275,10 +277,8 @@ class MegaEncoderModel(FairseqEncoderModel):
             dictionary,
             embed_tokens,
             max_source_positions=max_positions,
-            scale_embedding=not cfg.no_scale_embedding,
-            normalize_embedding=cfg.normalize_embedding,
-            affine_final_norm=not cfg.no_affine_final_norm,
             embed_token_types=embed_token_types,
+            **stack_embedding_options(cfg),
         )
         lm_head = MegaLMHead(
             embed_dim,
@@ -478,19 +478,15 @@ class MegaEncoderModel(FairseqEncoderModel):
         ``--load-checkpoint-heads``), heads of other sizes are dropped with a warning, and
         this model's heads missing from the checkpoint keep their current weights."""
         prefix = f"{name}." if name else ""
-        expected = {
-            "Mega encoder blocks": prefix + "encoder.layers.0.self_attn.ema.",
-            "masked-LM head": prefix + "lm_head.",
-        }
-        missing = [part for part, key in expected.items()
-                   if not any(k.startswith(key) for k in state_dict)]
-        if missing:
-            found = sorted({".".join(k.split(".")[:3]) for k in state_dict})[:6]
-            raise ValueError(
-                f"the checkpoint is not a 'mega_encoder' model: it has no {' and no '.join(missing)} "
-                f"(its parameters start with {', '.join(found)}, ...); load it with the model "
-                "type it was trained with"
-            )
+        refuse_foreign_checkpoint(
+            state_dict,
+            {
+                "Mega encoder blocks": prefix + "encoder.layers.0.self_attn.ema.",
+                "masked-LM head": prefix + "lm_head.",
+            },
+            "a 'mega_encoder' model",
+            "load it with the model type it was trained with",
+        )
         super().upgrade_state_dict_named(state_dict, name)
         self._reconcile_heads(state_dict, prefix, "classification")
         self._reconcile_heads(state_dict, prefix, "token")

@@ -20,6 +20,7 @@ from mega_fairseq.models.mega_decoder import MegaDecoder
 from mega_fairseq.models.model_building import (
     build_embedding,
     set_arch_defaults,
+    stack_embedding_options,
     warn_if_preset_not_applied,
 )
 from mega_fairseq.models.mega_options import (
@@ -180,12 +181,10 @@ class MegaLanguageModel(FairseqLanguageModel):
             dictionary,
             embed_tokens,
             max_target_positions=max_target_positions,
-            scale_embedding=not cfg.no_scale_embedding,
-            normalize_embedding=cfg.normalize_embedding,
-            affine_final_norm=not cfg.no_affine_final_norm,
             share_input_output_embed=cfg.share_decoder_input_output_embed,
             adaptive_softmax=adaptive_softmax,
             positions_unbounded=positions_unbounded,
+            **stack_embedding_options(cfg),
         )
         return cls(decoder)
 

@@ -23,7 +23,9 @@ from mega_fairseq.models.mega_options import (
 )
 from mega_fairseq.models.model_building import (
     build_embedding,
+    refuse_foreign_checkpoint,
     set_arch_defaults,
+    stack_embedding_options,
     warn_if_preset_not_applied,
 )
 
@@ -105,11 +107,7 @@ class MegaModel(FairseqEncoderDecoderModel):
             decoder_embed = build_embedding(tgt_dict, cfg.decoder_embed_dim)
             share_output = cfg.share_decoder_input_output_embed
 
-        embedding_options = dict(
-            scale_embedding=not cfg.no_scale_embedding,
-            normalize_embedding=cfg.normalize_embedding,
-            affine_final_norm=not cfg.no_affine_final_norm,
-        )
+        embedding_options = stack_embedding_options(cfg)
         encoder = MegaEncoder(
             layer_settings(cfg, "encoder", max_source, causal=False),
             cfg.encoder_layers,
@@ -140,20 +138,16 @@ class MegaModel(FairseqEncoderDecoderModel):
         """Refuses, before any tensor is copied, a checkpoint that is not a Mega
         encoder-decoder (a ``mega_lm`` or a fairseq ``transformer`` checkpoint, say)."""
         prefix = f"{name}." if name else ""
-        expected = {
-            "Mega encoder": prefix + "encoder.layers.0.self_attn.ema.",
-            "Mega decoder with cross-attention": prefix + "decoder.layers.0.cross_attn.",
-        }
-        missing = [part for part, key in expected.items()
-                   if not any(k.startswith(key) for k in state_dict)]
-        if missing:
-            found = sorted({".".join(k.split(".")[:3]) for k in state_dict})[:6]
-            raise ValueError(
-                f"the checkpoint is not a 'mega' encoder-decoder: it has no "
-                f"{' and no '.join(missing)} (its parameters start with {', '.join(found)}, ...); "
-                "load it with the model type it was trained with (e.g. --arch mega_lm or "
-                "fairseq's transformer)"
-            )
+        refuse_foreign_checkpoint(
+            state_dict,
+            {
+                "Mega encoder": prefix + "encoder.layers.0.self_attn.ema.",
+                "Mega decoder with cross-attention": prefix + "decoder.layers.0.cross_attn.",
+            },
+            "a 'mega' encoder-decoder",
+            "load it with the model type it was trained with (e.g. --arch mega_lm or "
+            "fairseq's transformer)",
+        )
         super().upgrade_state_dict_named(state_dict, name)
 
     @classmethod

@@ -4,7 +4,7 @@ the dictionary check when a checkpoint is loaded."""
 
 import argparse
 import logging
-from typing import Iterable, Optional
+from typing import Dict, Iterable, Optional
 
 import torch.nn as nn
 
@@ -58,6 +58,29 @@ def warn_if_preset_not_applied(cfg, model_name: str, config_class, preset_inputs
             model_name,
             ", ".join(f"{o}={v}" for o, v in stale.items()),
             model_name,
+        )
+
+
+def stack_embedding_options(cfg) -> dict:
+    """Keyword arguments every Mega encoder/decoder stack takes from the shared options."""
+    return dict(
+        scale_embedding=not cfg.no_scale_embedding,
+        normalize_embedding=cfg.normalize_embedding,
+        affine_final_norm=not cfg.no_affine_final_norm,
+    )
+
+
+def refuse_foreign_checkpoint(state_dict, expected: Dict[str, str], model_label: str,
+                              hint: str) -> None:
+    """Called from a model's ``upgrade_state_dict_named`` before any tensor is copied:
+    ``expected`` maps a part's description to a key prefix every checkpoint of this model
+    has; a state dict lacking one is refused, naming what is missing and what is there."""
+    missing = [part for part, key in expected.items() if not any(k.startswith(key) for k in state_dict)]
+    if missing:
+        found = sorted({".".join(k.split(".")[:3]) for k in state_dict})[:6]
+        raise ValueError(
+            f"the checkpoint is not {model_label}: it has no {' and no '.join(missing)} "
+            f"(its parameters start with {', '.join(found)}, ...); {hint}"
         )
 
 
