@@ -32,10 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from omegaconf import II, MISSING
 
 from fairseq.data import Dictionary
-from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
 from mega_fairseq.tasks import token_data as td
@@ -45,26 +43,11 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SpanPredictionConfig(FairseqDataclass):
-    data: str = field(default=MISSING, metadata={"help": "data directory (input0/, input1/, label/)"})
-    max_positions: int = field(
-        default=512, metadata={"help": "max model positions per example (<s>, </s> included)"}
-    )
-    shorten_method: td.SHORTEN_METHOD_CHOICES = field(
-        default="none",
-        metadata={"help": "shorten contexts of examples longer than --max-positions; none: "
-                  "such examples are an error"},
-    )
-    shorten_data_split_list: str = field(
-        default="",
-        metadata={"help": "comma-separated splits to shorten, e.g. 'train,valid' (default: all)"},
-    )
+class SpanPredictionConfig(td.TokenTaskConfig):
     token_head_name: str = field(
         default="span_prediction_head",
         metadata={"help": "name of the model's token head (2 labels: start and end logits)"},
     )
-    no_shuffle: bool = field(default=False, metadata={"help": "do not shuffle the training data"})
-    seed: int = II("common.seed")
 
 
 def read_spans(path: str, context_lengths: np.ndarray, contexts_name: str) -> np.ndarray:

@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from omegaconf import II, MISSING, OmegaConf, open_dict
+from omegaconf import OmegaConf, open_dict
 
 from fairseq.data import Dictionary
-from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
 from mega_fairseq.tasks import token_data as td
@@ -41,30 +40,15 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TokenClassificationConfig(FairseqDataclass):
-    data: str = field(default=MISSING, metadata={"help": "data directory (input0/ and label/)"})
+class TokenClassificationConfig(td.TokenTaskConfig):
     num_labels: int = field(
         default=-1,
         metadata={"help": "number of labels (default: derived from label/dict.txt; a given "
                   "value must agree with it)"},
     )
-    max_positions: int = field(
-        default=512, metadata={"help": "max model positions per example (<s> and </s> included)"}
-    )
-    shorten_method: td.SHORTEN_METHOD_CHOICES = field(
-        default="none",
-        metadata={"help": "shorten examples longer than --max-positions (labels alike); "
-                  "none: such examples are an error"},
-    )
-    shorten_data_split_list: str = field(
-        default="",
-        metadata={"help": "comma-separated splits to shorten, e.g. 'train,valid' (default: all)"},
-    )
     token_head_name: str = field(
         default="token_classification_head", metadata={"help": "name of the model's token head"}
     )
-    no_shuffle: bool = field(default=False, metadata={"help": "do not shuffle the training data"})
-    seed: int = II("common.seed")
 
 
 class TokenLabelDataset(td.TokenExampleDataset):

@@ -9,11 +9,14 @@ binarized file, which is the item index + 1.
 
 import logging
 import os
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
+from omegaconf import II, MISSING
 
 from fairseq.data import FairseqDataset, data_utils
-from fairseq.dataclass import ChoiceEnum
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +25,30 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 SHORTEN_METHODS = ("none", "truncate", "random_crop")
 SHORTEN_METHOD_CHOICES = ChoiceEnum(list(SHORTEN_METHODS))
+
+
+@dataclass
+class TokenTaskConfig(FairseqDataclass):
+    """Options both token-level tasks have; each adds its own (head name, labels)."""
+
+    data: str = field(
+        default=MISSING,
+        metadata={"help": "data directory (input0/, label/; input1/ for span_prediction)"},
+    )
+    max_positions: int = field(
+        default=512, metadata={"help": "max model positions per example (<s>, </s> included)"}
+    )
+    shorten_method: SHORTEN_METHOD_CHOICES = field(
+        default="none",
+        metadata={"help": "shorten examples longer than --max-positions (labels and spans kept "
+                  "aligned); none: such examples are an error"},
+    )
+    shorten_data_split_list: str = field(
+        default="",
+        metadata={"help": "comma-separated splits to shorten, e.g. 'train,valid' (default: all)"},
+    )
+    no_shuffle: bool = field(default=False, metadata={"help": "do not shuffle the training data"})
+    seed: int = II("common.seed")
 
 
 def binarized_name(data: str, key: str, split: str) -> str:
