@@ -1,7 +1,6 @@
 """The Mega decoder stack shared by ``mega_lm`` (no encoder) and the ``mega`` translation
 model (with gated cross-attention)."""
 
-import math
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -9,17 +8,17 @@ import torch.nn as nn
 from torch import Tensor
 
 from fairseq.models import FairseqIncrementalDecoder
-from fairseq.modules import AdaptiveSoftmax, FairseqDropout
+from fairseq.modules import AdaptiveSoftmax
 
+from mega_fairseq.models.block_stack import MegaBlockStack
 from mega_fairseq.models.model_building import check_checkpoint_vocabulary
 from mega_fairseq.modules.incremental import IncrementalState
-from mega_fairseq.modules.mega_layer import MegaLayer, MegaLayerSettings
-from mega_fairseq.modules.sequence_norm import SequenceNorm
+from mega_fairseq.modules.mega_layer import MegaLayerSettings
 
 _STEPS_KEY = "decoded"
 
 
-class MegaDecoder(FairseqIncrementalDecoder):
+class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
     """Causal Mega blocks over target tokens.
 
     Args:
@@ -50,24 +49,11 @@ class MegaDecoder(FairseqIncrementalDecoder):
         positions_unbounded: bool = False,
     ):
         super().__init__(dictionary)
-        if num_layers <= 0:
-            raise ValueError(f"decoder_layers must be a positive integer, got {num_layers}")
         embed_dim = settings.embed_dim
         self.padding_idx = dictionary.pad()
         self.embed_tokens = embed_tokens
-        self.embed_scale = math.sqrt(embed_dim) if scale_embedding else 1.0
-        self.embedding_norm = (
-            SequenceNorm(settings.norm_type, embed_dim, affine=settings.norm_affine)
-            if normalize_embedding
-            else None
-        )
-        self.embedding_dropout = FairseqDropout(settings.dropout, module_name="MegaDecoder")
-        self.layers = nn.ModuleList([MegaLayer(settings) for _ in range(num_layers)])
-        self.final_norm = (
-            SequenceNorm(settings.norm_type, embed_dim, affine=affine_final_norm)
-            if settings.prenorm
-            else None
-        )
+        self.build_stack(settings, num_layers, "decoder", scale_embedding, normalize_embedding,
+                         affine_final_norm)
         self.max_target_positions = max_target_positions
         self.positions_unbounded = positions_unbounded
         self.adaptive_softmax = adaptive_softmax
@@ -125,13 +111,7 @@ class MegaDecoder(FairseqIncrementalDecoder):
             masks = encoder_out.get("encoder_padding_mask", [])
             enc_padding_mask = masks[0] if len(masks) > 0 else None
 
-        x = self.embed_scale * self.embed_tokens(tokens)
-        x = x.transpose(0, 1)  # B x T x C -> T x B x C
-        if self.embedding_norm is not None:
-            x = self.embedding_norm(x, padding_mask)
-        x = self.embedding_dropout(x)
-        if padding_mask is not None:
-            x = x.masked_fill(padding_mask.transpose(0, 1).unsqueeze(-1), 0.0)
+        x = self.block_input(self.embed_scale * self.embed_tokens(tokens), padding_mask)  # T x B x C
 
         inner_states: List[Optional[Tensor]] = [x]
         attn: Optional[Tensor] = None

@@ -1,6 +1,5 @@
 """The bidirectional Mega encoder stack of the ``mega`` translation model."""
 
-import math
 from typing import Dict, List, Optional
 
 import torch
@@ -9,14 +8,13 @@ from torch import Tensor
 
 from fairseq import utils
 from fairseq.models import FairseqEncoder
-from fairseq.modules import FairseqDropout
 
+from mega_fairseq.models.block_stack import MegaBlockStack
 from mega_fairseq.models.model_building import check_checkpoint_vocabulary
-from mega_fairseq.modules.mega_layer import MegaLayer, MegaLayerSettings
-from mega_fairseq.modules.sequence_norm import SequenceNorm
+from mega_fairseq.modules.mega_layer import MegaLayerSettings
 
 
-class MegaEncoder(FairseqEncoder):
+class MegaEncoder(MegaBlockStack, FairseqEncoder):
     """Mega blocks with bidirectional EMA and full (or chunked) attention over source tokens.
 
     Args:
@@ -47,27 +45,13 @@ class MegaEncoder(FairseqEncoder):
         embed_token_types: Optional[nn.Embedding] = None,
     ):
         super().__init__(dictionary)
-        if num_layers <= 0:
-            raise ValueError(f"encoder_layers must be a positive integer, got {num_layers}")
         if settings.causal:
             raise ValueError("the Mega encoder needs non-causal block settings")
-        embed_dim = settings.embed_dim
         self.padding_idx = dictionary.pad()
         self.embed_tokens = embed_tokens
         self.embed_token_types = embed_token_types
-        self.embed_scale = math.sqrt(embed_dim) if scale_embedding else 1.0
-        self.embedding_norm = (
-            SequenceNorm(settings.norm_type, embed_dim, affine=settings.norm_affine)
-            if normalize_embedding
-            else None
-        )
-        self.embedding_dropout = FairseqDropout(settings.dropout, module_name="MegaEncoder")
-        self.layers = nn.ModuleList([MegaLayer(settings) for _ in range(num_layers)])
-        self.final_norm = (
-            SequenceNorm(settings.norm_type, embed_dim, affine=affine_final_norm)
-            if settings.prenorm
-            else None
-        )
+        self.build_stack(settings, num_layers, "encoder", scale_embedding, normalize_embedding,
+                         affine_final_norm)
         self.max_source_positions = max_source_positions
 
     def forward(
@@ -107,12 +91,7 @@ class MegaEncoder(FairseqEncoder):
                 token_types = torch.zeros_like(src_tokens)
             embedding = embedding + self.embed_token_types(token_types)
         embedding = self.embed_scale * embedding
-        x = embedding.transpose(0, 1)  # B x S x C -> S x B x C
-        if self.embedding_norm is not None:
-            x = self.embedding_norm(x, layer_padding_mask)
-        x = self.embedding_dropout(x)
-        if has_padding:
-            x = x.masked_fill(padding_mask.transpose(0, 1).unsqueeze(-1), 0.0)
+        x = self.block_input(embedding, layer_padding_mask)  # S x B x C
 
         states: List[Tensor] = []
         for layer in self.layers:
