@@ -85,6 +85,10 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "transformers==4.40.2"],
+        # the Hugging Face port of Mega, for comparisons (mega_fairseq.conversion.hf_mega)
+        "benchmark": ["transformers==4.40.2"],
+    },
     license="MIT",
 )

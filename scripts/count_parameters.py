@@ -26,7 +26,6 @@ the model there (the head, not the masked-LM head):
         --match --arch roberta --encoder-layers 2 --encoder-embed-dim 128 ...
 """
 
-import argparse
 import json
 import logging
 import sys
@@ -92,35 +91,48 @@ def count(model, task) -> Tuple[int, int]:
     return registered, used
 
 
+FFN_WIDTH_OPTIONS = ("--encoder-ffn-embed-dim", "--decoder-ffn-embed-dim")
+
+
+def ffn_width_option_names(common: List[str], model_args: List[str]) -> List[str]:
+    """The FFN width options the model accepts: both for encoder-decoder models, only
+    ``--decoder-ffn-embed-dim`` for ``transformer_lm``, only the encoder's for ``roberta``."""
+    names = []
+    for option in FFN_WIDTH_OPTIONS:
+        _, unknown = parse(common, model_args + [option, "1"], parse_known=True)
+        if option not in unknown:
+            names.append(option)
+    if not names:
+        raise SystemExit(f"error: the model accepts none of {', '.join(FFN_WIDTH_OPTIONS)}")
+    return names
+
+
 def width_options(common: List[str], model_args: List[str], width: int) -> List[str]:
-    """``--encoder-ffn-embed-dim W``, plus ``--decoder-ffn-embed-dim W`` if the model has it."""
-    _, unknown = parse(common, model_args + ["--decoder-ffn-embed-dim", "1"], parse_known=True)
-    options = ["--encoder-ffn-embed-dim", str(width)]
-    if "--decoder-ffn-embed-dim" not in unknown:
-        options += ["--decoder-ffn-embed-dim", str(width)]
-    return options
+    """Every FFN width option the model accepts, set to ``width``."""
+    return [part for option in ffn_width_option_names(common, model_args) for part in (option, str(width))]
 
 
 def match_ffn_width(common, target_used: int, model_args: List[str]) -> Tuple[int, int]:
-    """FFN width (1 ... 16384) whose used-parameter count is closest to ``target_used``."""
-    with_decoder = len(width_options(common, model_args, 1)) > 2
+    """FFN width (>= 1) whose used-parameter count is closest to ``target_used``.
+
+    The count is affine in the width (every FFN adds two matrices and a bias), so two
+    builds give the line; the widths around its solution are then built and compared."""
+    names = ffn_width_option_names(common, model_args)
 
     def used_with(width: int) -> int:
-        width_args = ["--encoder-ffn-embed-dim", str(width)]
-        if with_decoder:
-            width_args += ["--decoder-ffn-embed-dim", str(width)]
-        model, task = build_model(common, model_args + width_args)
+        options = [part for option in names for part in (option, str(width))]
+        model, task = build_model(common, model_args + options)
         return count(model, task)[1]
 
-    low, high = 1, 16384
-    while low < high:  # the count grows with the width
-        middle = (low + high) // 2
-        if used_with(middle) < target_used:
-            low = middle + 1
-        else:
-            high = middle
-    best = min((w for w in (low - 1, low) if w >= 1), key=lambda w: abs(used_with(w) - target_used))
-    return best, used_with(best)
+    low, high = 1, 1025
+    used_low, used_high = used_with(low), used_with(high)
+    per_width = (used_high - used_low) / (high - low)
+    estimate = max(1, round(low + (target_used - used_low) / per_width))
+    counts = {width: used_with(width) for width in (estimate - 1, estimate, estimate + 1) if width >= 1}
+    if per_width * (estimate - low) + used_low != counts[estimate]:
+        raise RuntimeError("the used-parameter count is not affine in the FFN width for this model")
+    best = min(counts, key=lambda width: (abs(counts[width] - target_used), width))
+    return best, counts[best]
 
 
 def split_argv(argv: List[str]):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from mega_fairseq.modules.ema import MultiDimensionalDampedEMA
+from mega_fairseq.modules.ema import EMACoefficients, MultiDimensionalDampedEMA
 from mega_fairseq.modules.incremental import reorder_all
 
 PARAMETER_NAMES = ("delta", "alpha", "beta", "gamma", "omega")
@@ -127,6 +127,50 @@ def test_kernel_matches_definition():
     torch.testing.assert_close(kernel.double(), expected, rtol=1e-5, atol=1e-6)
 
 
+
+@pytest.mark.parametrize("start,length", [(0, 1), (0, 2), (0, 17), (5, 64), (0, 1000), (700, 333)])
+def test_factorised_kernel_equals_direct_powers(start, length):
+    """The block-factorised kernel (fast path) against q^t materialised term by term, in
+    value and gradient, with decays from 0.002 to 0.998."""
+    module = make_ema(embed_dim=3, ndim=5, bidirectional=True, dtype=torch.float64)
+    with torch.no_grad():
+        module.delta.uniform_(-6.0, 6.0)
+        module.alpha.uniform_(-6.0, 6.0)
+    upstream = torch.randn(6, length, dtype=torch.float64)
+    results = []
+    for method in ("kernel", "kernel_direct"):
+        module.zero_grad(set_to_none=True)
+        kernel = getattr(module.coefficients(), method)(start, length)
+        (kernel * upstream).sum().backward()
+        results.append((kernel.detach(), [p.grad.clone() for p in (module.delta, module.alpha, module.beta, module.gamma)]))
+    (fast, fast_grads), (direct, direct_grads) = results
+    assert fast.shape == direct.shape == (6, length)
+    torch.testing.assert_close(fast, direct, rtol=1e-12, atol=1e-14)
+    for fast_grad, direct_grad in zip(fast_grads, direct_grads):
+        torch.testing.assert_close(fast_grad, direct_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_factorised_kernel_float32_close_to_float64_definition():
+    module = make_ema(embed_dim=8, ndim=16, bidirectional=False, dtype=torch.float32)
+    input_weight, decay, output_weight = ema_factors(module)
+    lags = torch.arange(4096, dtype=torch.float64)
+    expected = (output_weight.unsqueeze(-1) * input_weight.unsqueeze(-1) * decay.unsqueeze(-1) ** lags).sum(1)
+    kernel = module.coefficients().kernel(0, 4096)
+    torch.testing.assert_close(kernel.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_factorised_kernel_gradcheck():
+    torch.manual_seed(0)
+    input_weight = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    log_decay = torch.log(torch.rand(3, 4, dtype=torch.float64) * 0.9 + 0.05).requires_grad_()
+    output_weight = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+
+    def kernel(input_weight, log_decay, output_weight):
+        return EMACoefficients(input_weight, log_decay, output_weight).kernel(3, 23)
+
+    assert torch.autograd.gradcheck(kernel, (input_weight, log_decay, output_weight))
+
+
 # ------------------------------------------------------------ incremental decoding
 @pytest.mark.parametrize("truncation", [None, 4, 2, 20])
 @pytest.mark.parametrize("padded", [False, True])
@@ -211,6 +255,21 @@ def test_eval_cache_follows_load_state_dict():
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, fresh)
     torch.testing.assert_close(after, reference_forward(other, x), rtol=1e-10, atol=1e-10)
+
+
+def test_decoding_coefficients_cached_in_eval_and_follow_parameter_updates():
+    module = make_ema(truncation=3).eval()
+    x = torch.randn(6, 2, 4, dtype=torch.float64)
+    with torch.no_grad():
+        state = {}
+        first = torch.cat([module(x[t:t + 1], incremental_state=state) for t in range(6)])
+        assert any(key[0] == "coefficients" for key in module._kernel_cache)
+        torch.testing.assert_close(first, reference_forward(module, x, truncation=3), rtol=1e-10, atol=1e-10)
+        module.alpha.add_(1.0)
+        state = {}
+        second = torch.cat([module(x[t:t + 1], incremental_state=state) for t in range(6)])
+    torch.testing.assert_close(second, reference_forward(module, x, truncation=3), rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(first, second)
 
 
 def test_eval_cache_follows_in_place_parameter_updates():

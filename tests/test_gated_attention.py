@@ -458,3 +458,90 @@ def test_wrong_padding_mask_shape_raises():
     layer = build_layer()
     with pytest.raises(ValueError, match="padding_mask"):
         layer(random_input(5, 2), torch.zeros(5, 2, dtype=torch.bool))
+
+
+# ------------------------------------------------- fast attention path vs plain masks
+def plain_attend(layer, q, k, v, query_positions, key_positions, key_padding_mask):
+    """The attention of one window with a materialised N x Lq x Lk visibility mask, masking
+    after the activation: the straightforward form the fast path (-inf scores, masks folded
+    into the bias) must reproduce."""
+    n, lq, lk = q.size(0), q.size(1), k.size(1)
+    visible = torch.ones(n, lq, lk, dtype=torch.bool)
+    if key_padding_mask is not None:
+        visible &= ~key_padding_mask.unsqueeze(1)
+    if layer.causal:
+        visible &= key_positions.unsqueeze(0) <= query_positions.unsqueeze(1)
+    bias = layer.rel_pos_bias(query_positions, key_positions)
+    dots = q @ k.transpose(1, 2)
+    if layer.attention_activation == "softmax":
+        scores = (dots / math.sqrt(layer.zdim) + bias).masked_fill(~visible, float("-inf"))
+        weights = torch.softmax(scores.masked_fill(~visible.any(-1, keepdim=True), 0.0), dim=-1)
+    else:
+        scores = dots / visible.sum(-1, keepdim=True).clamp(min=1) + bias
+        weights = laplace_reference(scores) if layer.attention_activation == "laplace" else torch.relu(scores) ** 2
+    weights = weights * visible
+    return weights @ v, weights
+
+
+@pytest.mark.parametrize("activation", ATTENTION_ACTIVATIONS)
+# causal windows can also attend block by block (one query per block)
+@pytest.mark.parametrize("causal,causal_block", [(False, 0), (True, 0), (True, 1)])
+@pytest.mark.parametrize("padding", ["none", "some", "whole rows"])
+@pytest.mark.parametrize("query_offset", [0, 3])  # 3: the last queries of a window, as in decoding
+def test_fast_attention_path_equals_plain_masks(activation, causal, causal_block, padding, query_offset):
+    layer = build_layer(attention_activation=activation, causal=causal, eval_mode=True)
+    layer.causal_block_size = causal_block
+    torch.manual_seed(2)
+    n, lk = 3, 7
+    lq = lk - query_offset
+    q = torch.randn(n, lq, layer.zdim, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(n, lk, layer.zdim, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(n, lk, layer.hdim, dtype=torch.float64, requires_grad=True)
+    query_positions, key_positions = torch.arange(query_offset, lk), torch.arange(lk)
+    mask = None
+    if padding != "none":
+        mask = torch.zeros(n, lk, dtype=torch.bool)
+        mask[0, :2] = True  # left padding: early causal queries see no key
+        mask[1, -3:] = True
+        if padding == "whole rows":
+            mask[2] = True  # a window made only of padding
+    results = []
+    for attend in (layer._attend, lambda *args: plain_attend(layer, *args)):
+        output, weights = attend(q, k, v, query_positions, key_positions, mask)
+        grads = torch.autograd.grad((output * torch.linspace(-1, 1, layer.hdim, dtype=torch.float64)).sum()
+                                    + weights.pow(2).sum(), (q, k, v, layer.rel_pos_bias.rel_pos_bias))
+        results.append((output, weights, grads))
+    (fast_out, fast_weights, fast_grads), (plain_out, plain_weights, plain_grads) = results
+    torch.testing.assert_close(fast_out, plain_out, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast_weights, plain_weights, rtol=1e-10, atol=1e-12)
+    for fast_grad, plain_grad in zip(fast_grads, plain_grads):
+        assert torch.isfinite(fast_grad).all()
+        torch.testing.assert_close(fast_grad, plain_grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ATTENTION_ACTIVATIONS)
+@pytest.mark.parametrize("chunk", [-1, 8])
+def test_blockwise_causal_attention_equals_whole_window(activation, chunk):
+    """A whole layer with causal windows split into query blocks (of 2 when chunked, 3
+    otherwise: at most 8 blocks) against the same layer attending over whole windows:
+    outputs, attention weights and every gradient."""
+    x = random_input(19, 3).requires_grad_()
+    mask = padded_mask(3, 19, left=[(1, 4)], right=[(2, 5)])
+    results = []
+    for block in (0, 2):
+        layer = build_layer(attention_activation=activation, causal=True, chunk_size=chunk)
+        layer.causal_block_size = block
+        window_calls = []
+        attend_window = layer._attend_window
+        layer._attend_window = lambda *args, **kwargs: window_calls.append(1) or attend_window(*args, **kwargs)
+        out, weights = layer(x, mask, need_weights=True)
+        # chunk 8: 3 chunks (19 tokens) of 4 blocks each; whole window: 7 blocks of 3 queries
+        assert len(window_calls) == (1 if block == 0 else (4 if chunk > 0 else 7))
+        real = ~mask.transpose(0, 1).unsqueeze(-1)
+        grads = torch.autograd.grad((out * real).pow(2).sum(), [x, *layer.parameters()])
+        results.append((out, weights, grads))
+    (blocked, blocked_weights, blocked_grads), (whole, whole_weights, whole_grads) = results[1], results[0]
+    assert_close_on_real(blocked, whole, mask, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(blocked_weights, whole_weights, rtol=1e-10, atol=1e-12)
+    for blocked_grad, whole_grad in zip(blocked_grads, whole_grads):
+        torch.testing.assert_close(blocked_grad, whole_grad, rtol=1e-9, atol=1e-11)

@@ -89,3 +89,44 @@ def test_initialisation_scale():
     torch.manual_seed(0)
     bias = SimpleRelativePositionalBias(512)
     assert abs(bias.rel_pos_bias.std().item() - 0.02) < 0.005
+
+
+@pytest.mark.parametrize("kind", ["simple", "rotary"])
+def test_per_sequence_key_positions_equal_one_call_per_sequence(kind):
+    """B x Lk key positions (used for left-padded cross-attention sources) give B x Lq x Lk,
+    row b equal to the bias for key positions[b] alone."""
+    torch.manual_seed(0)
+    bias = build_relative_positional_bias(kind, 8, 16).double()
+    query_positions = torch.arange(2, 7)
+    key_positions = torch.stack([torch.arange(9), (torch.arange(9) - 3).clamp(min=0), torch.arange(9).flip(0)])
+    batched = bias(query_positions, key_positions)
+    assert batched.shape == (3, 5, 9)
+    for row, positions in enumerate(key_positions):
+        torch.testing.assert_close(batched[row], bias(query_positions, positions), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["simple", "rotary"])
+@pytest.mark.parametrize("length", [1, 2, 7, 16])
+def test_window_bias_equals_bias_of_all_positions(kind, length):
+    """The whole-window fast path (a flipped sliding view of the table for "simple")
+    against the gathered bias, in value and gradient."""
+    torch.manual_seed(0)
+    bias = build_relative_positional_bias(kind, 8, 16).double()
+    positions = torch.arange(length)
+    upstream = torch.randn(length, length, dtype=torch.float64)
+    results = []
+    for compute in (lambda: bias.window_bias(length), lambda: bias(positions, positions)):
+        bias.zero_grad(set_to_none=True)
+        value = compute()
+        (value * upstream).sum().backward()
+        results.append((value.detach(), [p.grad.clone() for p in bias.parameters()]))
+    (fast, fast_grads), (gathered, gathered_grads) = results
+    torch.testing.assert_close(fast, gathered, rtol=0, atol=1e-14)
+    for fast_grad, gathered_grad in zip(fast_grads, gathered_grads):
+        torch.testing.assert_close(fast_grad, gathered_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_window_bias_longer_than_the_table_raises():
+    bias = build_relative_positional_bias("simple", 8, 16)
+    with pytest.raises(ValueError, match="exceeds max_positions=16"):
+        bias.window_bias(17)

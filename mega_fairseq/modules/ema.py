@@ -49,7 +49,26 @@ class EMACoefficients(NamedTuple):
 
     def kernel(self, start: int, length: int) -> Tensor:
         """k[t] = sum_n output_weight * input_weight * q^t for t = start .. start + length - 1:
-        D' x length."""
+        D' x length.
+
+        With lags split as t = start + s * J + j (block size S, J blocks, both ~sqrt(length)),
+        q^t = q^(start + s J) * q^j, so the kernel is a batched matrix product of a
+        D' x J x N and a D' x N x S factor: D' N (J + S) exponentials instead of D' N L, and
+        no D' x N x L tensor is kept for the backward pass.
+        """
+        weight = self.output_weight * self.input_weight  # D' x N
+        block = max(1, math.isqrt(max(length - 1, 0)) + 1)  # S >= sqrt(length)
+        num_blocks = -(-length // block)  # J
+        block_starts = start + block * torch.arange(num_blocks, dtype=self.log_decay.dtype,
+                                                    device=self.log_decay.device)
+        outer = weight.unsqueeze(-1) * torch.exp(self.log_decay.unsqueeze(-1) * block_starts)  # D' x N x J
+        inner = self.decay_powers(0, block)  # D' x N x S
+        blocks = torch.bmm(outer.transpose(1, 2), inner)  # D' x J x S
+        return blocks.reshape(weight.size(0), num_blocks * block)[:, :length]
+
+    def kernel_direct(self, start: int, length: int) -> Tensor:
+        """:meth:`kernel` computed term by term from q^t (D' x N x length); the reference the
+        factorised form is tested against."""
         weight = self.output_weight * self.input_weight  # D' x N
         return torch.einsum("dn,dnt->dt", weight, self.decay_powers(start, length))
 
@@ -161,6 +180,12 @@ class MultiDimensionalDampedEMA(nn.Module):
         input_weight = torch.sigmoid(delta) * beta
         output_weight = self.gamma.to(dtype) * self.scale
         return EMACoefficients(input_weight, log_decay, output_weight)
+
+    def _decoding_coefficients(self, dtype: torch.dtype) -> EMACoefficients:
+        """:meth:`coefficients` for incremental decoding: memoised in eval mode like the
+        kernels, so that a decoding step does not recompute them."""
+        stacked = self._cached(("coefficients", dtype), lambda: torch.stack(self.coefficients(dtype)))
+        return EMACoefficients(*stacked.unbind(0))
 
     def kernel(self, length: int) -> Tensor:
         """The EMA kernel k[d, t] for lags t = 0..length-1 (not truncated): D' x length, in
@@ -281,7 +306,7 @@ class MultiDimensionalDampedEMA(nn.Module):
         if state is None:
             state = signal.new_zeros(batch_size, channels, self.ndim)
         state = state.to(signal.dtype)
-        coefficients = self.coefficients(signal.dtype)
+        coefficients = self._decoding_coefficients(signal.dtype)
 
         leaving = None  # B x D x L inputs x_{t-W}, None when none has left the window
         new_state: Dict[str, Optional[Tensor]] = {}

@@ -46,6 +46,9 @@ ATTENTION_STATE = "attention_state"
 PREV_KEY = "prev_key"
 PREV_VALUE = "prev_value"
 PREV_KEY_PADDING_MASK = "prev_key_padding_mask"
+# queries per block of a long causal attention window (see MovingAverageGatedAttention._attend)
+CAUSAL_BLOCK_SIZE = 256  # the smallest block
+MAX_CAUSAL_BLOCKS = 8
 
 
 def _check_positive(option: str, value) -> None:
@@ -56,6 +59,13 @@ def _check_positive(option: str, value) -> None:
 def _check_probability(option: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{option} must be in [0, 1), got {value!r}")
+
+
+def _none_if_nothing_padded(key_padding_mask: Optional[Tensor]) -> Optional[Tensor]:
+    """The mask, or None when it hides nothing (attention then skips all masking work)."""
+    if key_padding_mask is None or not bool(key_padding_mask.any()):
+        return None
+    return key_padding_mask
 
 
 @with_incremental_state
@@ -145,6 +155,8 @@ class MovingAverageGatedAttention(nn.Module):
         self.attention_activation = attention_activation
         self.max_positions = max_positions
         self.scaling = zdim ** -0.5
+        # causal windows of at least four times this many queries attend block by block
+        self.causal_block_size = CAUSAL_BLOCK_SIZE
 
         self.activation = get_activation_fn(activation)
         self.dropout = build_dropout(dropout, feature_dropout, self.__class__.__name__)
@@ -241,47 +253,113 @@ class MovingAverageGatedAttention(nn.Module):
         query_positions: Tensor,
         key_positions: Tensor,
         key_padding_mask: Optional[Tensor],
+        window_bias: Optional[Tensor] = None,
+        need_weights: bool = True,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """:meth:`_attend_window` (same arguments and results; the weights may be None
+        without ``need_weights``); a long causal window is split into blocks of at least
+        ``causal_block_size`` queries (at most MAX_CAUSAL_BLOCKS blocks), each attending only
+        to the keys up to its own end, which skips the scores, weights and dropout of the
+        all-future upper blocks (close to half the work of a long window)."""
+        num_queries = q.size(1)
+        # at most MAX_CAUSAL_BLOCKS blocks: each block's key slice costs a pass over the keys
+        # in the backward, so very many small blocks would lose what they save
+        block = max(self.causal_block_size, -(-num_queries // MAX_CAUSAL_BLOCKS))
+        # below four blocks the saving is too small to pay for the extra operations
+        if not self.causal or self.causal_block_size <= 0 or num_queries < 4 * block:
+            return self._attend_window(q, k, v, query_positions, key_positions, key_padding_mask, window_bias)
+        first_query = k.size(1) - num_queries  # queries are the last Lq keys
+        outputs, weights = [], []
+        for start in range(0, num_queries, block):
+            end = min(start + block, num_queries)
+            keys_end = first_query + end  # keys beyond the block's last query are all future
+            output, block_weights = self._attend_window(
+                q[:, start:end], k[:, :keys_end], v[:, :keys_end], query_positions[start:end],
+                key_positions[:keys_end],
+                None if key_padding_mask is None else key_padding_mask[:, :keys_end],
+                None if window_bias is None else window_bias[start:end, :keys_end],
+            )
+            outputs.append(output)
+            if need_weights:
+                weights.append(F.pad(block_weights, (0, k.size(1) - keys_end)))
+        return torch.cat(outputs, dim=1), (torch.cat(weights, dim=1) if need_weights else None)
+
+    def _attend_window(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        query_positions: Tensor,
+        key_positions: Tensor,
+        key_padding_mask: Optional[Tensor],
+        window_bias: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
         """Attention of every query on every key of one window.
 
         q: N x Lq x zdim; k: N x Lk x zdim; v: N x Lk x hdim; query_positions: Lq and
-        key_positions: Lk (LongTensors, positions inside the window); key_padding_mask:
-        N x Lk bool or None. Returns (N x Lq x hdim output, N x Lq x Lk weights).
-        """
-        hidden: Optional[Tensor] = None  # N x Lq x Lk (or broadcastable), True = not visible
-        if key_padding_mask is not None:
-            hidden = key_padding_mask.unsqueeze(1)
-        if self.causal:
-            future = key_positions.unsqueeze(0) > query_positions.unsqueeze(1)  # Lq x Lk
-            hidden = future.unsqueeze(0) if hidden is None else hidden | future.unsqueeze(0)
-        if hidden is not None:
-            hidden = hidden.expand(q.size(0), q.size(1), k.size(1))
+        key_positions: Lk (LongTensors, positions inside the window; the keys are always
+        0 .. Lk - 1 and the queries the last Lq of them); key_padding_mask: N x Lk bool or
+        None; window_bias: the relative bias (Lq x Lk) when already built. Returns
+        (N x Lq x hdim output, N x Lq x Lk weights).
 
-        bias = self.rel_pos_bias(query_positions, key_positions)  # Lq x Lk
+        Keys a query may not see (future keys when causal, padded keys) get a score of -inf,
+        which every activation maps to a weight of exactly 0 (softmax: exp(-inf); laplace:
+        erf(-inf) = -1; relu2: relu(-inf) = 0) with a zero gradient. The future mask is folded
+        into the Lq x Lk bias and the scale into the score product, so no N x Lq x Lk mask is
+        ever built. A query that sees no key at all (a padded one) gets zero weights.
+        """
+        bias = window_bias if window_bias is not None else self.rel_pos_bias(query_positions, key_positions)
+        # the queries are always the last Lq keys of the window, so a single query (a
+        # decoding step) has no future key to hide
+        if self.causal and query_positions.numel() > 1:
+            future = key_positions.unsqueeze(0) > query_positions.unsqueeze(1)  # Lq x Lk
+            bias = bias.masked_fill(future, float("-inf"))
+        key_hidden = None if key_padding_mask is None else key_padding_mask.unsqueeze(1)  # N x 1 x Lk
+        visible: object = None
+        if self.attention_activation != "softmax" or key_padding_mask is not None:
+            visible = self._visible_key_counts(query_positions, key_positions, key_padding_mask)
+        bias = bias.to(q.dtype).unsqueeze(0)
         compute_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
         if self.attention_activation == "softmax":
-            scores = torch.bmm(q, k.transpose(1, 2)) * self.scaling + bias
-            scores = scores.to(compute_dtype)
-            if hidden is not None:
-                scores = scores.masked_fill(hidden, float("-inf"))
-                # a query that sees no key (a padded one) gets finite scores, then zero weights
-                no_visible_key = hidden.all(dim=-1, keepdim=True)
-                scores = scores.masked_fill(no_visible_key, 0.0)
-            weights = F.softmax(scores, dim=-1)
+            scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=self.scaling).to(compute_dtype)
+        elif isinstance(visible, int):
+            scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=1.0 / max(visible, 1)).to(compute_dtype)
         else:
             # n: the number of keys each query may see (at least 1 to keep padded queries finite)
-            if hidden is None:
-                normaliser = q.new_full((1, 1, 1), float(k.size(1)))
-            else:
-                normaliser = (~hidden).sum(dim=-1, keepdim=True).clamp(min=1).to(q.dtype)
-            scores = torch.bmm(q, k.transpose(1, 2)) / normaliser + bias
+            scores = torch.bmm(q, k.transpose(1, 2)).div_(visible.clamp(min=1).to(q.dtype)).add_(bias)
             scores = scores.to(compute_dtype)
+        if key_hidden is not None:
+            scores = scores.masked_fill_(key_hidden, float("-inf"))
+        no_visible_key = None  # N x Lq x 1 (or N x 1 x 1) bool; only padding hides every key
+        if key_padding_mask is not None:
+            no_visible_key = visible == 0
+        if self.attention_activation == "softmax":
+            if no_visible_key is not None:
+                # finite scores for queries without keys; their weights are zeroed below
+                scores = scores.masked_fill_(no_visible_key, 0.0)
+            weights = F.softmax(scores, dim=-1)
+            if no_visible_key is not None:
+                weights = weights.masked_fill(no_visible_key, 0.0)
+        else:
             weights = laplace(scores) if self.attention_activation == "laplace" else relu2(scores)
-        if hidden is not None:
-            weights = weights.masked_fill(hidden, 0.0)
         weights = weights.type_as(q)
         output = torch.bmm(self.attention_dropout(weights), v)
         return output, weights
+
+    def _visible_key_counts(self, query_positions: Tensor, key_positions: Tensor,
+                            key_padding_mask: Optional[Tensor]):
+        """How many keys each query may see: an int when it is the same for all (no padding,
+        not causal), else a tensor broadcastable to N x Lq x 1 (Lq x 1 without padding)."""
+        if key_padding_mask is None:
+            if not self.causal:
+                return key_positions.numel()
+            # keys are at positions 0 .. Lk - 1: query i sees keys 0 .. i
+            return (query_positions + 1).clamp(max=key_positions.numel()).unsqueeze(-1)
+        real_keys = (~key_padding_mask).to(torch.long)  # N x Lk
+        if not self.causal:
+            return real_keys.sum(dim=-1).view(-1, 1, 1)
+        seen_up_to = real_keys.cumsum(dim=-1)  # N x Lk: real keys at positions <= j
+        return seen_up_to.index_select(1, query_positions).unsqueeze(-1)
 
     def _full_attention(
         self, q: Tensor, k: Tensor, v: Tensor, padding_mask: Optional[Tensor], need_weights: bool
@@ -309,7 +387,9 @@ class MovingAverageGatedAttention(nn.Module):
         if key_padding_mask is not None:
             key_padding_mask = key_padding_mask.reshape(batch * num_chunks, window)
         positions = torch.arange(window, device=q.device)
-        output, weights = self._attend(q, k, v, positions, positions, key_padding_mask)
+        output, weights = self._attend(q, k, v, positions, positions, _none_if_nothing_padded(key_padding_mask),
+                                       window_bias=self.rel_pos_bias.window_bias(window),
+                                       need_weights=need_weights)
         output = output.reshape(batch, num_chunks * window, self.hdim)[:, :length]
         if not need_weights:
             return output, None
@@ -363,7 +443,8 @@ class MovingAverageGatedAttention(nn.Module):
             query_positions = torch.arange(decoded_in_window, keys.size(1), device=q.device)
             key_positions = torch.arange(keys.size(1), device=q.device)
             output, weights = self._attend(q[:, start:end], keys, values, query_positions,
-                                           key_positions, key_padding_mask)
+                                           key_positions, _none_if_nothing_padded(key_padding_mask),
+                                           need_weights=need_weights)
             outputs.append(output)
             if need_weights:
                 if self.chunked:

@@ -118,14 +118,8 @@ class GatedCrossAttention(nn.Module):
         leading_padding = (~key_padding_mask).long().cumsum(dim=-1).eq(0).sum(dim=-1)  # B
         if not leading_padding.any():
             return self.rel_pos_bias(query_positions, key_positions)
-        bias_by_offset: Dict[int, Tensor] = {}
-        rows = []
-        for offset in leading_padding.tolist():
-            if offset not in bias_by_offset:
-                shifted = (key_positions - offset).clamp(min=0)
-                bias_by_offset[offset] = self.rel_pos_bias(query_positions, shifted)
-            rows.append(bias_by_offset[offset])
-        return torch.stack(rows)
+        shifted = (key_positions.unsqueeze(0) - leading_padding.unsqueeze(1)).clamp(min=0)  # B x Tk
+        return self.rel_pos_bias(query_positions, shifted)
 
     def _attention_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor],
                            first_query_position: int) -> Tensor:
@@ -139,9 +133,10 @@ class GatedCrossAttention(nn.Module):
         key_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(1)  # B x 1 x Tk
 
         if self.attention_activation == "softmax":
-            scores = scores * self.scaling + bias
+            # in place: the product's backward does not need its result
+            scores = scores.mul_(self.scaling).add_(bias)
             if key_mask is not None:
-                scores = scores.masked_fill(key_mask, float("-inf"))
+                scores = scores.masked_fill_(key_mask, float("-inf"))
             return F.softmax(scores, dim=-1).type_as(q)
 
         # laplace / relu2: scores scaled by the number of real keys, no renormalisation

@@ -27,6 +27,9 @@ class SimpleRelativePositionalBias(nn.Module):
         for positions in (query_positions, key_positions):
             if positions.numel() > 0:
                 largest = max(largest, int(positions.max()))
+        self._check_largest_position(largest)
+
+    def _check_largest_position(self, largest: int) -> None:
         if largest >= self.max_positions:
             raise ValueError(
                 f"input of length {largest + 1} exceeds max_positions={self.max_positions} of the "
@@ -34,10 +37,21 @@ class SimpleRelativePositionalBias(nn.Module):
             )
 
     def forward(self, query_positions: Tensor, key_positions: Tensor) -> Tensor:
-        """query_positions: LongTensor[Lq]; key_positions: LongTensor[Lk] -> bias Lq x Lk."""
+        """query_positions: LongTensor[Lq]; key_positions: LongTensor[Lk], or B x Lk (one
+        row per sequence) -> bias Lq x Lk, or B x Lq x Lk."""
         self._check_positions(query_positions, key_positions)
-        offsets = key_positions.unsqueeze(0) - query_positions.unsqueeze(1)
+        offsets = key_positions.unsqueeze(-2) - query_positions.unsqueeze(-1)
         return self.rel_pos_bias[self.max_positions - 1 + offsets]
+
+    def window_bias(self, length: int) -> Tensor:
+        """forward(arange(length), arange(length)), the bias of a whole window (length x
+        length), built as a flipped sliding-window view of the table instead of a gather:
+        its backward sums the diagonals without a scattered index_put."""
+        self._check_largest_position(length - 1)
+        # offsets -(length - 1) .. length - 1
+        offsets = self.rel_pos_bias[self.max_positions - length: self.max_positions + length - 1]
+        # unfold: row r holds offsets -(length-1)+r .. r; query i needs row length-1-i
+        return offsets.unfold(0, length, 1).flip(0)
 
     def extra_repr(self) -> str:
         return f"max_positions={self.max_positions}"
@@ -62,7 +76,7 @@ class RotaryRelativePositionalBias(nn.Module):
         nn.init.normal_(self.beta, mean=0.0, std=0.02)
 
     def rotate(self, vector: Tensor, positions: Tensor) -> Tensor:
-        """Rotate ``vector`` (zdim) to each position: L -> L x zdim.
+        """Rotate ``vector`` (zdim) to each position: L -> L x zdim (B x L -> B x L x zdim).
 
         With halves x1, x2 of the vector and angles p * 10000^(-k / (zdim/2)):
         [x1 cos - x2 sin, x2 cos + x1 sin].
@@ -71,16 +85,22 @@ class RotaryRelativePositionalBias(nn.Module):
         # angles in at least float32: large positions lose precision in half precision
         dtype = torch.float64 if vector.dtype == torch.float64 else torch.float32
         inv_freq = torch.pow(10000.0, -torch.arange(half, dtype=dtype, device=vector.device) / half)
-        angles = positions.to(dtype).unsqueeze(1) * inv_freq.unsqueeze(0)  # L x half
+        angles = positions.to(dtype).unsqueeze(-1) * inv_freq  # L x half
         cos, sin = torch.cos(angles), torch.sin(angles)
         x1, x2 = vector.to(dtype)[:half], vector.to(dtype)[half:]
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
     def forward(self, query_positions: Tensor, key_positions: Tensor) -> Tensor:
-        """query_positions: LongTensor[Lq]; key_positions: LongTensor[Lk] -> bias Lq x Lk."""
+        """query_positions: LongTensor[Lq]; key_positions: LongTensor[Lk], or B x Lk (one
+        row per sequence) -> bias Lq x Lk, or B x Lq x Lk."""
         rotated_alpha = self.rotate(self.alpha, query_positions)
         rotated_beta = self.rotate(self.beta, key_positions)
-        return torch.matmul(rotated_alpha, rotated_beta.transpose(0, 1)).to(self.alpha.dtype)
+        return torch.matmul(rotated_alpha, rotated_beta.transpose(-1, -2)).to(self.alpha.dtype)
+
+    def window_bias(self, length: int) -> Tensor:
+        """The bias of a whole window: length x length."""
+        positions = torch.arange(length, device=self.alpha.device)
+        return self.forward(positions, positions)
 
     def extra_repr(self) -> str:
         return f"zdim={self.zdim}, max_positions={self.max_positions}"

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Mega against the baselines users would pick instead, measured side by side.
+
+    python scripts/benchmark.py                    # every section (~1 h on 2 CPU cores)
+    python scripts/benchmark.py --sections layer,ema --repeats 5
+    python scripts/benchmark.py --quick            # tiny sizes, one repetition (CI smoke run)
+
+Sections:
+  layer       one Mega block (full attention; chunk 128/256) vs one fairseq transformer
+              encoder/decoder layer of the same width: forward+backward time and peak
+              memory over sequence lengths 256 ... 8192 at constant tokens per batch
+  ema         our EMA vs a straightforward one (all powers materialised, linear FFT
+              convolution as in the original research code), lengths up to 16k
+  hf          our Mega layer vs the Hugging Face port (transformers==4.40.2) on identical
+              weights: outputs compared, forward+backward time and memory
+  generation  incremental decoding tokens/s (LM sampling, MT beam 5) vs fairseq's
+              transformer; incremental vs recomputing the prefix; per-token cost vs position
+  training    fairseq-train words/s of mega_lm vs transformer_lm (512 and 2048 tokens per
+              sample) and mega vs transformer (translation), matched parameters
+
+Every comparison runs its candidates in one process, alternating them, and reports the
+median of the repetitions and the ratios. Results go to OUT_DIR: benchmark.json (every
+row and target), benchmark.md (the tables) and benchmark.png (time and memory vs length).
+"""
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS))
+
+
+SECTIONS = {
+    "layer": "benchmarking.layer_scaling",
+    "ema": "benchmarking.ema_kernel",
+    "hf": "benchmarking.hf_port",
+    "generation": "benchmarking.generation",
+    "training": "benchmarking.training",
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and one repetition (smoke run)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed repetitions per candidate (default 3; 1 with --quick)")
+    parser.add_argument("--out-dir", type=Path, default=Path("work-dirs/benchmark"),
+                        help="where benchmark.json, benchmark.md and benchmark.png go")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="scratch space for generated data and checkpoints (default: OUT_DIR/scratch)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = [name for name in sections if name not in SECTIONS]
+    if unknown or not sections:
+        parser.error(f"--sections: unknown section(s) {unknown or args.sections!r}; choose from {', '.join(SECTIONS)}")
+    args.sections = sections
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    return args
+
+
+def machine_facts() -> dict:
+    import os
+
+    import torch
+
+    return dict(python=platform.python_version(), torch=torch.__version__, threads=torch.get_num_threads(),
+                cpus=os.cpu_count(), processor=platform.processor() or platform.machine(),
+                date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from benchmarking.report import plot, section_text, targets_table
+    from benchmarking.results import SectionOptions
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    options = SectionOptions(quick=args.quick, repeats=args.repeats, work_dir=args.work_dir or args.out_dir / "scratch",
+                             progress=not args.no_progress)
+    options.work_dir.mkdir(parents=True, exist_ok=True)
+    report = {"machine": machine_facts(), "quick": args.quick, "repeats": args.repeats, "sections": {}}
+    results = []
+    for name in args.sections:
+        started = time.perf_counter()
+        print(f"== section {name}", flush=True)
+        result = importlib.import_module(SECTIONS[name]).run(options)
+        results.append(result)
+        report["sections"][name] = dict(result.to_json(), seconds=time.perf_counter() - started)
+        print(section_text(result), flush=True)
+        (args.out_dir / "benchmark.json").write_text(json.dumps(report, indent=1))
+
+    summary = targets_table(results)
+    markdown = "\n".join(section_text(result) for result in results) + "\n## targets\n\n" + summary + "\n"
+    (args.out_dir / "benchmark.md").write_text(markdown)
+    print("== targets\n" + summary)
+    if plot(results, args.out_dir / "benchmark.png"):
+        print(f"plot: {args.out_dir / 'benchmark.png'}")
+    print(f"results: {args.out_dir / 'benchmark.json'}, {args.out_dir / 'benchmark.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

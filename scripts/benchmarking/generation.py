@@ -1,0 +1,459 @@
+"""Section "generation": inference speed of untrained models (eval mode, no gradients),
+built in-process exactly as fairseq-train builds them from the command line, on a
+generated 1000-word dictionary.
+
+a. LM sampling through fairseq's ``SequenceGenerator`` (sampling, beam 1, a forced number
+   of new tokens after a short prompt, batch of prompts): ``mega_lm_tiny`` (full attention
+   and chunked) against a ``transformer_lm`` with the same used-parameter count.
+b. Translation beam 5 through ``SequenceGenerator`` with a forced output length: ``mega``
+   (mega_tiny's 2+2 blocks, 128 wide) against a ``transformer`` of the same used-parameter
+   count.
+c. Greedy decoding with ``mega_lm_tiny``'s incremental state against re-running the whole
+   prefix at every step; both must produce the same tokens.
+d. Step time against position when a chunked ``mega_lm_tiny`` generates a long sequence
+   incrementally (flat for chunked attention), and for the unchunked model as a contrast.
+
+Baselines are sized by the parameters a training step really uses (they get a gradient):
+fairseq 0.12.2's transformer encoder layers register a second copy of their weights for an
+inference fast path, which is not counted. The transformer's FFN width is searched so that
+its used count comes closest to Mega's (same width, layers and embedding sharing).
+"""
+
+import functools
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+from tqdm import tqdm
+
+from benchmarking.measure import compare, ratio
+from benchmarking.results import SectionOptions, SectionResult, at_least, at_most, informative
+
+SECTION = "generation"
+VOCABULARY = 1000
+SEED = 0
+LM_BATCH = 8
+PROMPT_LENGTH = 16
+MT_BATCH = 8
+SOURCE_LENGTH = 30  # tokens per source sentence, EOS included
+BEAM = 5
+LM_MAX_POSITIONS = 2048  # --tokens-per-sample of the LMs: covers prompt + longest generation
+POSITION_CHUNK = 64  # chunk of the models in parts a and d
+# Decoding runs one token at a time through small matrices: with several threads on a
+# shared machine, every parallel region waits for descheduled threads (steps became 100x
+# slower under load), so both sides run on one thread.
+THREADS = 1
+
+MEGA_LM = ("--arch", "mega_lm_tiny")
+MEGA_LM_CHUNKED = MEGA_LM + ("--decoder-chunk-size", str(POSITION_CHUNK))
+TRANSFORMER_LM = ("--arch", "transformer_lm", "--decoder-layers", "2", "--decoder-embed-dim", "64",
+                  "--decoder-input-dim", "64", "--decoder-output-dim", "64",
+                  "--decoder-attention-heads", "4", "--share-decoder-input-output-embed")
+TRANSFORMER_LM_FFN = ("--decoder-ffn-embed-dim",)
+# mega_tiny's depth (2+2 blocks) and shapes, widened to 128 (examples/translation/run_gettext_en_de.sh)
+MEGA_MT = ("--arch", "mega_tiny", "--share-all-embeddings",
+           "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
+           "--encoder-hidden-dim", "256", "--decoder-hidden-dim", "256",
+           "--encoder-ffn-embed-dim", "256", "--decoder-ffn-embed-dim", "256",
+           "--encoder-z-dim", "64", "--decoder-z-dim", "64")
+TRANSFORMER_MT = ("--arch", "transformer", "--share-all-embeddings", "--encoder-layers", "2",
+                  "--decoder-layers", "2", "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
+                  "--encoder-attention-heads", "4", "--decoder-attention-heads", "4")
+TRANSFORMER_MT_FFN = ("--encoder-ffn-embed-dim", "--decoder-ffn-embed-dim")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """new_tokens: tokens sampled (a) and decoded greedily (c) per prompt; mt_length:
+    forced translation length (b); long_tokens: tokens generated in d, whose first and last
+    ``edge`` positions are compared."""
+
+    new_tokens: int
+    mt_length: int
+    long_tokens: int
+    edge: int
+
+
+def sizes_for(quick: bool) -> Sizes:
+    if quick:
+        return Sizes(new_tokens=16, mt_length=16, long_tokens=64, edge=16)
+    return Sizes(new_tokens=256, mt_length=200, long_tokens=1024, edge=128)
+
+
+# --------------------------------------------------------------------- models
+def write_dictionaries(work_dir: Path) -> Tuple[Path, Path]:
+    """fairseq dictionaries of VOCABULARY words: ``lm/dict.txt`` and the joined
+    ``mt/dict.{en,de}.txt`` (all that the tasks' setup reads). Returns (lm_dir, mt_dir)."""
+    lines = "".join(f"w{i} {VOCABULARY - i}\n" for i in range(VOCABULARY))
+    lm_dir, mt_dir = work_dir / "generation" / "lm", work_dir / "generation" / "mt"
+    for directory, names in ((lm_dir, ["dict.txt"]), (mt_dir, ["dict.en.txt", "dict.de.txt"])):
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (directory / name).write_text(lines)
+    return lm_dir, mt_dir
+
+
+def lm_common(lm_dir: Path) -> Tuple[str, ...]:
+    return (str(lm_dir), "--task", "language_modeling", "--tokens-per-sample", str(LM_MAX_POSITIONS))
+
+
+def mt_common(mt_dir: Path) -> Tuple[str, ...]:
+    return (str(mt_dir), "--task", "translation", "--source-lang", "en", "--target-lang", "de")
+
+
+def build(common: Sequence[str], model_args: Sequence[str]):
+    """(model in eval mode, task, used parameters) as fairseq-train builds them."""
+    from count_parameters import build_model, count
+
+    torch.manual_seed(SEED)
+    model, task = build_model(list(common), list(model_args))
+    used = count(model, task)[1]
+    return model.eval(), task, used
+
+
+@functools.lru_cache(maxsize=None)
+def used_parameters(common: Tuple[str, ...], model_args: Tuple[str, ...]) -> int:
+    """Used parameters of the model the options describe. Built through fairseq's legacy
+    argparse path (``task.build_model(args)``), which gives the same model as
+    count_parameters.build_model's omegaconf path without its ~1.5 s config composition."""
+    from count_parameters import count, parse
+    from fairseq import tasks
+
+    args = parse(list(common), list(model_args))
+    task = tasks.setup_task(args)
+    return count(task.build_model(args), task)[1]
+
+
+def match_ffn_width(common: Tuple[str, ...], target_used: int, model_args: Tuple[str, ...],
+                    ffn_options: Tuple[str, ...]) -> Tuple[int, int]:
+    """(FFN width, used parameters) of the ``model_args`` model whose used-parameter count
+    is closest to ``target_used``; ``ffn_options`` (e.g. ``--decoder-ffn-embed-dim``) all
+    get the width. The count is affine in the width (each FFN adds two matrices and a
+    bias), so two builds give the line and the widths around its solution are checked."""
+
+    def used_with(width: int) -> int:
+        return used_parameters(common, with_ffn_width(model_args, ffn_options, width))
+
+    low, high = 1, 1025
+    per_width = (used_with(high) - used_with(low)) / (high - low)
+    estimate = max(1, round(low + (target_used - used_with(low)) / per_width))
+    widths = [w for w in (estimate - 1, estimate, estimate + 1) if w >= 1]
+    best = min(widths, key=lambda w: abs(used_with(w) - target_used))
+    return best, used_with(best)
+
+
+def with_ffn_width(model_args: Tuple[str, ...], ffn_options: Tuple[str, ...], width: int) -> Tuple[str, ...]:
+    return model_args + tuple(a for option in ffn_options for a in (option, str(width)))
+
+
+@dataclass
+class Candidate:
+    """A model to measure: label, its options, the model (eval mode), used parameters."""
+
+    label: str
+    model_args: Tuple[str, ...]
+    model: torch.nn.Module
+    dictionary: object
+    used: int
+
+
+def build_candidate(label: str, common: Tuple[str, ...], model_args: Tuple[str, ...]) -> Candidate:
+    model, task, used = build(common, model_args)
+    return Candidate(label, model_args, model, task.target_dictionary, used)
+
+
+def matched_transformer(label: str, common: Tuple[str, ...], reference_used: int,
+                        model_args: Tuple[str, ...], ffn_options: Tuple[str, ...]) -> Candidate:
+    width, _ = match_ffn_width(common, reference_used, model_args, ffn_options)
+    return build_candidate(label, common, with_ffn_width(model_args, ffn_options, width))
+
+
+# ------------------------------------------------------------------- inputs
+def random_words(dictionary, batch: int, length: int, seed: int) -> torch.Tensor:
+    """batch x length word ids (no special symbols)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(dictionary.nspecial, len(dictionary), (batch, length), generator=generator)
+
+
+def source_sentences(dictionary, batch: int, length: int) -> Dict[str, torch.Tensor]:
+    """SequenceGenerator input: ``batch`` sources of ``length`` tokens ending with EOS."""
+    words = random_words(dictionary, batch, length - 1, SEED + 1)
+    eos = torch.full((batch, 1), dictionary.eos(), dtype=torch.long)
+    return {"src_tokens": torch.cat([words, eos], dim=1),
+            "src_lengths": torch.full((batch,), length, dtype=torch.long)}
+
+
+# ----------------------------------------------------- a/b: SequenceGenerator
+def lm_sampler(candidate: Candidate, prompts: torch.Tensor, new_tokens: int) -> Callable[[], int]:
+    """A call samples ``new_tokens`` tokens after each prompt (B x P) with beam 1 (EOS
+    forbidden until then, forced after) and returns the new tokens generated (B *
+    new_tokens; EOS not counted). SequenceGenerator feeds the prompt one token per step."""
+    from fairseq import search
+    from fairseq.sequence_generator import SequenceGenerator
+
+    dictionary = candidate.dictionary
+    total = prompts.size(1) + new_tokens
+    generator = SequenceGenerator(
+        [candidate.model], dictionary, beam_size=1, max_len_a=0, max_len_b=total, min_len=total,
+        search_strategy=search.Sampling(dictionary),
+    )
+    sample = {"net_input": {"src_tokens": prompts,
+                            "src_lengths": torch.full((prompts.size(0),), prompts.size(1))}}
+
+    def sample_once() -> int:
+        hypotheses = generator.generate([candidate.model], sample, prefix_tokens=prompts,
+                                        bos_token=dictionary.eos())
+        return count_new_tokens(hypotheses, prompts.size(1), new_tokens, candidate.label)
+
+    return sample_once
+
+
+def mt_beam_search(candidate: Candidate, net_input: Dict[str, torch.Tensor], length: int) -> Callable[[], int]:
+    """A call translates the batch with beam BEAM and a forced output length and returns
+    the tokens of the best hypotheses (batch * length; EOS not counted)."""
+    from fairseq.sequence_generator import SequenceGenerator
+
+    generator = SequenceGenerator([candidate.model], candidate.dictionary, beam_size=BEAM,
+                                  max_len_a=0, max_len_b=length, min_len=length)
+    sample = {"net_input": net_input}
+
+    def translate_once() -> int:
+        hypotheses = generator.generate([candidate.model], sample)
+        return count_new_tokens(hypotheses, 0, length, candidate.label)
+
+    return translate_once
+
+
+def count_new_tokens(hypotheses: List[List[dict]], prefix: int, expected: int, label: str) -> int:
+    """Tokens after the prefix in each best hypothesis (its final EOS not counted); raises
+    if a hypothesis does not have the forced length."""
+    lengths = [len(beams[0]["tokens"]) - prefix - 1 for beams in hypotheses]
+    if any(n != expected for n in lengths):
+        raise RuntimeError(f"{label}: generated lengths {lengths}, expected {expected} each "
+                           "(min_len/max_len did not force the length)")
+    return sum(lengths)
+
+
+def generation_rows(part: str, candidates: List[Candidate], calls: Dict[str, Callable[[], int]],
+                    repeats: int, warmup: int, sentences: int) -> List[dict]:
+    """Times each candidate's call (alternating them) and returns one row per candidate,
+    with speed ratios against the last candidate (the transformer)."""
+    produced = {label: call() for label, call in calls.items()}  # also checks the lengths
+    measured = compare(calls, repeats, warmup=warmup, memory=False)
+    baseline = candidates[-1].label
+    rows = []
+    for candidate in candidates:
+        seconds = measured[candidate.label].median_s
+        rows.append(dict(
+            label=f"{part}: {candidate.label}", part=part, model=" ".join(candidate.model_args),
+            parameters_used=candidate.used, tokens=produced[candidate.label], median_s=seconds,
+            times_s=measured[candidate.label].times,
+            tokens_per_s=produced[candidate.label] / seconds, sentences_per_s=sentences / seconds,
+            speed_vs_transformer=ratio(measured[baseline].median_s, seconds),
+        ))
+    return rows
+
+
+# ------------------------------------------------ c/d: manual greedy decoding
+def greedy_decode(decoder, prompts: torch.Tensor, steps: int, incremental: bool,
+                  step_seconds: List[float] = None) -> torch.Tensor:
+    """Greedy decoding of ``steps`` tokens after the prompts (B x P); returns B x steps.
+
+    incremental: the decoder keeps its state and runs only the new token each step (the
+    first call runs the whole prompt); otherwise it re-runs the whole prefix every step.
+    ``step_seconds`` (if given) receives the time of each step, argmax included."""
+    batch, prompt_length = prompts.shape
+    tokens = torch.empty(batch, prompt_length + steps, dtype=torch.long)
+    tokens[:, :prompt_length] = prompts
+    state: Dict = {}
+    with torch.no_grad():
+        for step in range(steps):
+            end = prompt_length + step
+            start = time.perf_counter()
+            logits, _ = decoder(tokens[:, :end], incremental_state=state if incremental else None)
+            tokens[:, end] = logits[:, -1].argmax(dim=-1)
+            if step_seconds is not None:
+                step_seconds.append(time.perf_counter() - start)
+    return tokens[:, prompt_length:]
+
+
+def check_same_tokens(incremental: torch.Tensor, recomputed: torch.Tensor) -> None:
+    if not torch.equal(incremental, recomputed):
+        differing = (incremental != recomputed).any(dim=0).nonzero()
+        raise RuntimeError(
+            "greedy decoding with the incremental state differs from re-running the prefix: "
+            f"first differing step {int(differing[0])} of {incremental.size(1)}")
+
+
+def step_time_profile(decoder, prompts: torch.Tensor, steps: int) -> List[float]:
+    """Seconds of each incremental step when generating ``steps`` tokens."""
+    times: List[float] = []
+    greedy_decode(decoder, prompts, steps, incremental=True, step_seconds=times)
+    return times
+
+
+# ------------------------------------------------------------------ parts
+class Progress:
+    """A tqdm bar over the section's measurements (disabled unless options.progress)."""
+
+    def __init__(self, options: SectionOptions, total: int):
+        self.bar = tqdm(total=total, desc=SECTION, disable=not options.progress)
+
+    def step(self, what: str) -> None:
+        self.bar.set_postfix_str(what)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def lm_sampling(result: SectionResult, options: SectionOptions, lm_dir: Path, sizes: Sizes,
+                warmup: int) -> None:
+    """Part a: mega_lm_tiny (full, chunked) vs the matched transformer_lm."""
+    common = lm_common(lm_dir)
+    mega = build_candidate("mega_lm_tiny", common, MEGA_LM)
+    chunked = build_candidate(f"mega_lm_tiny chunk {POSITION_CHUNK}", common, MEGA_LM_CHUNKED)
+    transformer = matched_transformer("transformer_lm", common, chunked.used, TRANSFORMER_LM,
+                                      TRANSFORMER_LM_FFN)
+    candidates = [mega, chunked, transformer]
+    prompts = random_words(mega.dictionary, LM_BATCH, PROMPT_LENGTH, SEED)
+    calls = {c.label: lm_sampler(c, prompts, sizes.new_tokens) for c in candidates}
+    rows = generation_rows("LM sampling", candidates, calls, options.repeats, warmup, LM_BATCH)
+    result.rows.extend(rows)
+    result.notes.append(
+        f"a. LM sampling: batch {LM_BATCH} prompts of {PROMPT_LENGTH} tokens, {sizes.new_tokens} new "
+        "tokens each (min_len = max_len), beam 1, unrestricted sampling, fairseq SequenceGenerator; "
+        f"tokens/s counts new tokens. transformer_lm: 2 layers, 64 wide (embed/input/output dims), "
+        f"4 heads, tied embeddings, FFN width {transformer.model_args[-1]} searched to match the "
+        f"chunked mega_lm_tiny's {chunked.used:,} used parameters ({transformer.used:,}; the "
+        f"unchunked mega_lm_tiny has {mega.used:,}: its 'simple' relative position bias covers "
+        f"--tokens-per-sample {LM_MAX_POSITIONS} positions instead of one chunk)")
+    for row in rows[:2]:
+        result.targets.append(informative(
+            f"LM sampling tokens/s {row['label'].split(': ')[1]} vs transformer_lm",
+            row["speed_vs_transformer"]))
+
+
+def mt_beam(result: SectionResult, options: SectionOptions, mt_dir: Path, sizes: Sizes,
+            warmup: int) -> None:
+    """Part b: mega (mega_tiny, 128 wide) vs the matched transformer, beam 5."""
+    common = mt_common(mt_dir)
+    mega = build_candidate("mega (mega_tiny 128 wide)", common, MEGA_MT)
+    transformer = matched_transformer("transformer", common, mega.used, TRANSFORMER_MT,
+                                      TRANSFORMER_MT_FFN)
+    net_input = source_sentences(mega.dictionary, MT_BATCH, SOURCE_LENGTH)
+    calls = {c.label: mt_beam_search(c, net_input, sizes.mt_length) for c in (mega, transformer)}
+    rows = generation_rows("MT beam 5", [mega, transformer], calls, options.repeats, warmup, MT_BATCH)
+    result.rows.extend(rows)
+    result.notes.append(
+        f"b. translation: batch {MT_BATCH} sources of {SOURCE_LENGTH} tokens, beam {BEAM}, output "
+        f"forced to {sizes.mt_length} tokens (min_len = max_len_b); tokens/s counts the best "
+        f"hypotheses' tokens. transformer: 2+2 layers, 128 wide, 4 heads, shared embeddings, FFN "
+        f"width {transformer.model_args[-1]} searched to match mega's {mega.used:,} used parameters "
+        f"({transformer.used:,})")
+    result.targets.append(informative("MT beam 5 tokens/s mega vs transformer",
+                                      rows[0]["speed_vs_transformer"]))
+
+
+def incremental_vs_recompute(result: SectionResult, options: SectionOptions, lm_dir: Path,
+                             sizes: Sizes, warmup: int) -> None:
+    """Part c: greedy decoding with and without the incremental state (mega_lm_tiny)."""
+    mega = build_candidate("mega_lm_tiny", lm_common(lm_dir), MEGA_LM)
+    prompts = random_words(mega.dictionary, LM_BATCH, PROMPT_LENGTH, SEED)
+    decoder, steps = mega.model.decoder, sizes.new_tokens
+    check_same_tokens(greedy_decode(decoder, prompts, steps, incremental=True),
+                      greedy_decode(decoder, prompts, steps, incremental=False))
+    measured = compare({
+        "incremental": lambda: greedy_decode(decoder, prompts, steps, incremental=True),
+        "recompute": lambda: greedy_decode(decoder, prompts, steps, incremental=False),
+    }, options.repeats, warmup=warmup, memory=False)
+    speedup = ratio(measured["recompute"].median_s, measured["incremental"].median_s)
+    for name, measurement in measured.items():
+        result.rows.append(dict(
+            label=f"greedy {name}: mega_lm_tiny", part="incremental vs recompute",
+            model=" ".join(MEGA_LM), parameters_used=mega.used, tokens=LM_BATCH * steps,
+            median_s=measurement.median_s, times_s=measurement.times,
+            tokens_per_s=LM_BATCH * steps / measurement.median_s, same_tokens=True,
+            incremental_speedup=speedup,
+        ))
+    result.targets.append(at_least(f"greedy decoding of {steps} tokens: incremental vs recomputing "
+                                   "the prefix (speed-up)", speedup, 5,
+                                   "both produced the same tokens"))
+    result.notes.append(
+        f"c. greedy decoding of {steps} tokens after {LM_BATCH} prompts of {PROMPT_LENGTH} tokens "
+        "with mega_lm_tiny's decoder: incremental_state (one new token per step) vs the whole "
+        "prefix re-run every step; identical tokens checked")
+
+
+def step_time_vs_position(result: SectionResult, options: SectionOptions, lm_dir: Path,
+                          sizes: Sizes, warmup: int) -> None:
+    """Part d: per-step time in the first and last ``edge`` positions of a long generation."""
+    common = lm_common(lm_dir)
+    models = [build_candidate(f"mega_lm_tiny chunk {POSITION_CHUNK}", common, MEGA_LM_CHUNKED),
+              build_candidate("mega_lm_tiny (no chunking)", common, MEGA_LM)]
+    prompts = random_words(models[0].dictionary, LM_BATCH, PROMPT_LENGTH, SEED)
+    profiles: Dict[str, List[List[float]]] = {m.label: [] for m in models}
+    for _ in range(warmup):
+        for model in models:
+            step_time_profile(model.model.decoder, prompts, sizes.long_tokens)
+    for repetition in range(options.repeats):  # alternating, rotated order
+        shift = repetition % len(models)
+        for model in models[shift:] + models[:shift]:
+            profiles[model.label].append(step_time_profile(model.model.decoder, prompts, sizes.long_tokens))
+    for model in models:
+        first, last = edge_medians(profiles[model.label], sizes.edge)
+        result.rows.append(dict(
+            label=f"step time vs position: {model.label}", part="step time vs position",
+            model=" ".join(model.model_args), parameters_used=model.used, tokens=sizes.long_tokens,
+            first_positions_median_ms=1e3 * first, last_positions_median_ms=1e3 * last,
+            last_vs_first=ratio(last, first),
+            tokens_per_s=LM_BATCH / statistics.median(t for p in profiles[model.label] for t in p),
+        ))
+    chunked = result.rows[-2]
+    result.targets.append(at_most(
+        f"chunked mega_lm_tiny step time, last {sizes.edge} vs first {sizes.edge} of "
+        f"{sizes.long_tokens} positions", chunked["last_vs_first"], 1.25,
+        f"medians {chunked['first_positions_median_ms']:.2f} ms and "
+        f"{chunked['last_positions_median_ms']:.2f} ms per step (batch {LM_BATCH})"))
+    result.notes.append(
+        f"d. incremental greedy generation of {sizes.long_tokens} tokens (batch {LM_BATCH}), each "
+        f"step timed; median step time over the first and last {sizes.edge} positions across "
+        f"{options.repeats} run(s); the unchunked model is a contrast, not a target")
+
+
+def edge_medians(profiles: List[List[float]], edge: int) -> Tuple[float, float]:
+    """Median step time over the first and over the last ``edge`` steps of all runs."""
+    first = [t for profile in profiles for t in profile[:edge]]
+    last = [t for profile in profiles for t in profile[-edge:]]
+    return statistics.median(first), statistics.median(last)
+
+
+def run(options: SectionOptions) -> SectionResult:
+    """Parts a-d (see the module docstring); quick: tiny lengths, no warm-up."""
+    previous_disable = logging.root.manager.disable
+    logging.disable(logging.INFO)  # fairseq's model-building messages
+    sizes = sizes_for(options.quick)
+    warmup = 0 if options.quick else 1
+    lm_dir, mt_dir = write_dictionaries(Path(options.work_dir))
+    result = SectionResult(SECTION)
+    progress = Progress(options, total=4)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        for name, part in (("LM sampling", lm_sampling), ("MT beam 5", mt_beam),
+                           ("incremental vs recompute", incremental_vs_recompute),
+                           ("step time vs position", step_time_vs_position)):
+            part(result, options, mt_dir if part is mt_beam else lm_dir, sizes, warmup)
+            progress.step(name)
+    finally:
+        progress.close()
+        torch.set_num_threads(previous_threads)
+        logging.disable(previous_disable)
+    result.notes.append(f"untrained models in eval mode, no gradients, {THREADS} torch thread "
+                        f"(of {previous_threads}: decoding steps are small and latency-bound), "
+                        f"vocabulary {VOCABULARY} words")
+    return result

@@ -1,0 +1,163 @@
+"""Section "layer": forward+backward time and peak memory of one Mega block against one
+fairseq transformer layer of the same width, over sequence lengths at a constant number
+of tokens per batch.
+
+Encoder side: Mega with a bidirectional EMA (full attention, and chunked) against
+``TransformerEncoderLayer``; decoder side: causal Mega against ``TransformerDecoderLayer``
+without encoder attention (causal mask). Training mode with dropout 0.1 everywhere, as in
+training. Parameters are matched by construction (see :func:`layer_widths`).
+"""
+
+from argparse import Namespace
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from benchmarking.measure import compare, ratio
+from benchmarking.results import SectionOptions, SectionResult, at_least, at_most
+
+FULL_LENGTHS = [256, 512, 1024, 2048, 4096, 8192]
+FULL_TOKENS = 8192
+QUICK_LENGTHS = [32, 64]
+QUICK_TOKENS = 128
+CHUNK_SIZES = (128, 256)
+TARGET_LENGTH = 4096
+
+
+def layer_widths(quick: bool) -> Dict[str, int]:
+    """Widths of both sides. Mega: embed C, z C/4, values/hidden 2C, FFN 2C, EMA dims 16;
+    transformer: embed C, 4 heads, FFN 4C. Their weight counts differ by about 2%."""
+    embed = 32 if quick else 256
+    return dict(embed=embed, zdim=embed // 4, hdim=2 * embed, ffn_mega=2 * embed,
+                ffn_transformer=4 * embed, heads=4, ndim=4 if quick else 16)
+
+
+def build_mega_layer(widths: Dict[str, int], causal: bool, chunk_size: int, max_length: int) -> nn.Module:
+    from mega_fairseq.modules.mega_layer import MegaLayer, MegaLayerSettings
+
+    settings = MegaLayerSettings(
+        embed_dim=widths["embed"], zdim=widths["zdim"], hdim=widths["hdim"], ndim=widths["ndim"],
+        ffn_hidden_dim=widths["ffn_mega"], causal=causal, dropout=0.1, attention_dropout=0.1,
+        hidden_dropout=0.1, activation_dropout=0.1, chunk_size=chunk_size,
+        max_positions=max(max_length, chunk_size), rel_pos_bias="simple",
+    )
+    return MegaLayer(settings)
+
+
+def build_transformer_layer(widths: Dict[str, int], causal: bool) -> nn.Module:
+    from fairseq.modules import TransformerDecoderLayer, TransformerEncoderLayer
+
+    args = Namespace(
+        encoder_embed_dim=widths["embed"], decoder_embed_dim=widths["embed"],
+        encoder_ffn_embed_dim=widths["ffn_transformer"], decoder_ffn_embed_dim=widths["ffn_transformer"],
+        encoder_attention_heads=widths["heads"], decoder_attention_heads=widths["heads"],
+        dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, activation_fn="relu",
+        encoder_normalize_before=True, decoder_normalize_before=True,
+    )
+    if causal:
+        return TransformerDecoderLayer(args, no_encoder_attn=True)
+    return TransformerEncoderLayer(args)
+
+
+def used_parameters(layer: nn.Module, step: Callable[[], object]) -> int:
+    """Parameters that receive a gradient from one step (fairseq 0.12.2's encoder layer
+    also registers a copy of its weights for its inference fast path)."""
+    step()
+    used = sum(p.numel() for p in layer.parameters() if p.grad is not None)
+    layer.zero_grad(set_to_none=True)
+    return used
+
+
+def training_step(layer: nn.Module, x: torch.Tensor, transformer: bool, causal: bool) -> Callable[[], None]:
+    """Forward + backward of ``layer`` on x (T x B x C), after dropping old gradients."""
+    length = x.size(0)
+    future_mask: Optional[torch.Tensor] = None
+    if transformer and causal:
+        future_mask = torch.triu(torch.full((length, length), float("-inf")), diagonal=1)
+
+    def step() -> None:
+        layer.zero_grad(set_to_none=True)
+        if not transformer:
+            out = layer(x)[0]
+        elif causal:
+            out = layer(x, self_attn_mask=future_mask)[0]
+        else:
+            out = layer(x, encoder_padding_mask=None)
+        out.float().pow(2).mean().backward()
+
+    return step
+
+
+def candidates_for(length: int, tokens: int, widths: Dict[str, int], causal: bool,
+                   chunk_sizes: Tuple[int, ...]) -> Dict[str, Tuple[nn.Module, Callable[[], None]]]:
+    batch = max(1, tokens // length)
+    x = torch.randn(length, batch, widths["embed"])
+    layers = {"transformer": (build_transformer_layer(widths, causal), True),
+              "mega (full)": (build_mega_layer(widths, causal, -1, length), False)}
+    for chunk in chunk_sizes:
+        if chunk < length:
+            layers[f"mega (chunk {chunk})"] = (build_mega_layer(widths, causal, chunk, length), False)
+    out = {}
+    for name, (layer, is_transformer) in layers.items():
+        layer.train()
+        out[name] = (layer, training_step(layer, x, is_transformer, causal))
+    return out
+
+
+def run(options: SectionOptions) -> SectionResult:
+    torch.manual_seed(0)
+    widths = layer_widths(options.quick)
+    lengths = QUICK_LENGTHS if options.quick else FULL_LENGTHS
+    tokens = QUICK_TOKENS if options.quick else FULL_TOKENS
+    chunk_sizes = (16,) if options.quick else CHUNK_SIZES
+    result = SectionResult("layer")
+    result.notes.append(
+        f"one block, forward+backward, training mode, dropout 0.1, {tokens} tokens per batch "
+        f"(batch = {tokens} / length); Mega: embed {widths['embed']}, z {widths['zdim']}, "
+        f"hidden {widths['hdim']}, FFN {widths['ffn_mega']}, EMA dims {widths['ndim']}; transformer: "
+        f"embed {widths['embed']}, {widths['heads']} heads, FFN {widths['ffn_transformer']}, pre-norm"
+    )
+    jobs = [(causal, length) for causal in (False, True) for length in lengths]
+    for causal, length in tqdm(jobs, desc="layer scaling", disable=not options.progress):
+        candidates = candidates_for(length, tokens, widths, causal, chunk_sizes)
+        measured = compare({name: step for name, (_, step) in candidates.items()}, options.repeats)
+        baseline = measured["transformer"]
+        for name, measurement in measured.items():
+            layer, step = candidates[name]
+            result.rows.append(dict(
+                label=f"{'decoder' if causal else 'encoder'} {name} @ {length}",
+                side="decoder" if causal else "encoder", model=name, length=length,
+                batch=max(1, tokens // length), parameters=used_parameters(layer, step),
+                median_s=measurement.median_s, times_s=measurement.times, peak_mib=measurement.peak_mib,
+                speedup_vs_transformer=ratio(baseline.median_s, measurement.median_s),
+                memory_vs_transformer=ratio(measurement.peak_mib, baseline.peak_mib),
+            ))
+    result.targets.extend(_targets(result.rows, options.quick))
+    return result
+
+
+def _row(rows: List[dict], side: str, model: str, length: int) -> Optional[dict]:
+    for row in rows:
+        if row["side"] == side and row["model"] == model and row["length"] == length:
+            return row
+    return None
+
+
+def _targets(rows: List[dict], quick: bool):
+    lengths = sorted({row["length"] for row in rows})
+    at, longest = (lengths[-2], lengths[-1]) if quick else (TARGET_LENGTH, max(lengths))
+    chunk = "mega (chunk 16)" if quick else "mega (chunk 128)"
+    targets = []
+    for side in ("encoder", "decoder"):
+        row, long_row = _row(rows, side, chunk, at), _row(rows, side, chunk, longest)
+        if row is None or long_row is None:
+            continue
+        targets.append(at_least(f"{side}: {chunk} speed-up vs transformer at {at}",
+                                row["speedup_vs_transformer"], 3))
+        targets.append(at_most(f"{side}: {chunk} peak memory / transformer's at {at}",
+                               row["memory_vs_transformer"], 1 / 3))
+        targets.append(at_least(f"{side}: {chunk} speed-up widens from {at} to {longest} (ratio of speed-ups)",
+                                ratio(long_row["speedup_vs_transformer"], row["speedup_vs_transformer"]), 1))
+    return targets

@@ -1,0 +1,332 @@
+"""Section "training": training throughput (words/s, fairseq-train's ``wps``) of Mega
+against fairseq transformers with the same number of used parameters, through the
+unmodified ``fairseq-train`` console script (``--user-dir mega_fairseq``, ``--cpu``) on
+random word sequences from a 1000-word vocabulary, binarized with fairseq-preprocess.
+
+a. language modelling: ``mega_lm_tiny`` against ``transformer_lm`` at two
+   ``--tokens-per-sample`` (512: Mega with full attention; 2048: Mega chunked) with the same
+   ``--max-tokens``, so every batch holds the same number of tokens;
+b. translation: ``mega`` (mega_tiny's 2+2 blocks, 128 wide) against ``transformer``.
+
+Each model trains a few dozen updates per run; runs alternate between the two models
+(the order rotating each repetition). A run's throughput is the median ``wps`` of its
+``train_inner`` log intervals after the first (warm-up); a model's is the median over runs.
+The transformer's FFN width is searched so that the parameters a training step uses
+(those receiving a gradient) match Mega's, for each data set and sequence length.
+"""
+
+import json
+import logging
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from tqdm import tqdm
+
+from benchmarking.generation import (
+    MEGA_MT,
+    TRANSFORMER_MT,
+    TRANSFORMER_MT_FFN,
+    match_ffn_width,
+    used_parameters,
+    with_ffn_width,
+)
+from benchmarking.measure import ratio
+from benchmarking.results import SectionOptions, SectionResult, at_least, informative
+
+SECTION = "training"
+REPO = Path(__file__).resolve().parents[2]
+VOCABULARY = 1000
+SEED = 1
+# One thread per run: with 2 threads on this shared 2-core machine, throughput fell ten-fold
+# in the intervals where another process ran (threads wait for each other at every op).
+THREADS = 1
+LOG_TAIL_CHARACTERS = 4000
+
+MEGA_LM = ("--arch", "mega_lm_tiny")
+TRANSFORMER_LM = ("--arch", "transformer_lm", "--decoder-layers", "2", "--decoder-embed-dim", "64",
+                  "--decoder-input-dim", "64", "--decoder-output-dim", "64",
+                  "--decoder-attention-heads", "4", "--share-decoder-input-output-embed")
+TRANSFORMER_LM_FFN = ("--decoder-ffn-embed-dim",)
+OPTIMIZATION = ("--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", "1e-3",
+                "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10", "--dropout", "0.1")
+MT_CRITERION = ("--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one mode. lm_lengths: the short and long --tokens-per-sample; long_chunk:
+    Mega's --decoder-chunk-size at the long one; each run trains max_update updates, logged
+    every log_interval; the corpora hold lm_train_tokens words and mt_train_pairs pairs."""
+
+    lm_lengths: Tuple[int, int]
+    long_chunk: int
+    max_tokens: int
+    max_update: int
+    log_interval: int
+    lm_train_tokens: int
+    mt_train_pairs: int
+    preprocess_workers: int
+
+
+def plan_for(quick: bool) -> Plan:
+    if quick:
+        return Plan(lm_lengths=(64, 128), long_chunk=32, max_tokens=512, max_update=3,
+                    log_interval=1, lm_train_tokens=6000, mt_train_pairs=200, preprocess_workers=1)
+    return Plan(lm_lengths=(512, 2048), long_chunk=128, max_tokens=4096, max_update=40,
+                log_interval=10, lm_train_tokens=400_000, mt_train_pairs=8000, preprocess_workers=2)
+
+
+@dataclass
+class Comparison:
+    """One side-by-side: the data (fairseq's task options), Mega's and the baseline's model
+    options (the baseline's FFN width filled in by :func:`match_baseline`)."""
+
+    label: str
+    task_args: Tuple[str, ...]
+    mega_args: Tuple[str, ...]
+    baseline_args: Tuple[str, ...]
+    baseline_ffn: Tuple[str, ...]
+    extra_args: Tuple[str, ...] = ()
+    tokens_per_sample: Optional[int] = None
+    used: Dict[str, int] = field(default_factory=dict)
+
+    def models(self) -> Dict[str, Tuple[str, ...]]:
+        return {"mega": self.mega_args, "transformer": self.baseline_args}
+
+
+# ----------------------------------------------------------------------- data
+def random_lines(rng: random.Random, words: List[str], total_words: int, lengths=(10, 50)) -> List[str]:
+    """Lines of random words (uniform lengths in ``lengths``) with about ``total_words`` words."""
+    lines, count = [], 0
+    while count < total_words:
+        length = rng.randint(*lengths)
+        lines.append(" ".join(rng.choice(words) for _ in range(length)))
+        count += length
+    return lines
+
+
+def write_lines(path: Path, lines: List[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def console_script(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise FileNotFoundError(f"console script {name} not found next to {sys.executable}")
+    return str(path)
+
+
+def fresh_directory(path: Path) -> Path:
+    """``path``, emptied (fairseq-preprocess refuses to overwrite a dictionary)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def run_logged(command: List[str], log_path: Path, what: str, cwd: Path) -> str:
+    """Runs ``command`` with its output in ``log_path``; raises with the log's tail if it
+    fails. Returns the log."""
+    environment = dict(os.environ, OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS),
+                       PYTHONUNBUFFERED="1")
+    with open(log_path, "w") as log:
+        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+                                   env=environment)
+    output = log_path.read_text()
+    if completed.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit code {completed.returncode}); command: "
+                           f"{' '.join(command)}\n--- last lines of {log_path} ---\n"
+                           f"{output[-LOG_TAIL_CHARACTERS:]}")
+    return output
+
+
+def prepare_lm_data(root: Path, plan: Plan) -> Path:
+    """Random-word LM corpus binarized with fairseq-preprocess; returns the data dir."""
+    rng = random.Random(SEED)
+    words = [f"w{i}" for i in range(VOCABULARY)]
+    text = root / "lm_text"
+    text.mkdir(parents=True, exist_ok=True)
+    write_lines(text / "train.txt", random_lines(rng, words, plan.lm_train_tokens))
+    write_lines(text / "valid.txt", random_lines(rng, words, 2000))
+    destination = fresh_directory(root / "lm_bin")
+    run_logged([console_script("fairseq-preprocess"), "--only-source",
+                "--trainpref", str(text / "train.txt"), "--validpref", str(text / "valid.txt"),
+                "--destdir", str(destination), "--workers", str(plan.preprocess_workers)],
+               root / "preprocess_lm.log", "fairseq-preprocess (LM data)", root)
+    return destination
+
+
+def prepare_mt_data(root: Path, plan: Plan) -> Path:
+    """Random-word parallel corpus (unrelated source and target sentences of 10-50 words),
+    binarized with a joined dictionary; returns the data dir."""
+    rng = random.Random(SEED + 1)
+    words = [f"w{i}" for i in range(VOCABULARY)]
+    text = root / "mt_text"
+    text.mkdir(parents=True, exist_ok=True)
+    for split, pairs in (("train", plan.mt_train_pairs), ("valid", 50)):
+        for language in ("en", "de"):
+            lines = [" ".join(rng.choice(words) for _ in range(rng.randint(10, 50)))
+                     for _ in range(pairs)]
+            write_lines(text / f"{split}.{language}", lines)
+    destination = fresh_directory(root / "mt_bin")
+    run_logged([console_script("fairseq-preprocess"), "--source-lang", "en", "--target-lang", "de",
+                "--trainpref", str(text / "train"), "--validpref", str(text / "valid"),
+                "--destdir", str(destination), "--joined-dictionary",
+                "--workers", str(plan.preprocess_workers)],
+               root / "preprocess_mt.log", "fairseq-preprocess (translation data)", root)
+    return destination
+
+
+# -------------------------------------------------------------- comparisons
+def comparisons_for(plan: Plan, lm_data: Path, mt_data: Path) -> List[Comparison]:
+    short, long = plan.lm_lengths
+
+    def lm_task(length: int) -> Tuple[str, ...]:
+        return (str(lm_data), "--task", "language_modeling", "--tokens-per-sample", str(length),
+                "--sample-break-mode", "none")
+
+    return [
+        Comparison(f"LM @ {short}", lm_task(short), MEGA_LM, TRANSFORMER_LM, TRANSFORMER_LM_FFN,
+                   tokens_per_sample=short),
+        Comparison(f"LM @ {long}", lm_task(long),
+                   MEGA_LM + ("--decoder-chunk-size", str(plan.long_chunk)), TRANSFORMER_LM,
+                   TRANSFORMER_LM_FFN, tokens_per_sample=long),
+        Comparison("translation", (str(mt_data), "--task", "translation", "--source-lang", "en",
+                                   "--target-lang", "de"),
+                   MEGA_MT, TRANSFORMER_MT, TRANSFORMER_MT_FFN, extra_args=MT_CRITERION),
+    ]
+
+
+def match_baseline(comparison: Comparison) -> None:
+    """Sets the baseline's FFN width so its used parameters come closest to Mega's."""
+    mega_used = used_parameters(comparison.task_args, comparison.mega_args)
+    width, baseline_used = match_ffn_width(comparison.task_args, mega_used, comparison.baseline_args,
+                                           comparison.baseline_ffn)
+    comparison.baseline_args = with_ffn_width(comparison.baseline_args, comparison.baseline_ffn, width)
+    comparison.used = {"mega": mega_used, "transformer": baseline_used}
+
+
+# ---------------------------------------------------------------- training
+def train_command(comparison: Comparison, model_args: Tuple[str, ...], plan: Plan,
+                  save_dir: Path) -> List[str]:
+    return [console_script("fairseq-train"), *comparison.task_args, "--user-dir",
+            str(REPO / "mega_fairseq"), *model_args, *comparison.extra_args, *OPTIMIZATION,
+            "--max-tokens", str(plan.max_tokens), "--max-update", str(plan.max_update),
+            "--log-format", "json", "--log-interval", str(plan.log_interval), "--cpu",
+            "--seed", str(SEED), "--num-workers", "0", "--disable-validation", "--no-save",
+            "--save-dir", str(save_dir)]
+
+
+def interval_stats(log: str) -> List[dict]:
+    """The JSON statistics of every ``train_inner`` line of a --log-format json log."""
+    marker = "| train_inner | "
+    return [json.loads(line.split(marker, 1)[1]) for line in log.splitlines() if marker in line]
+
+
+def run_throughput(log: str, log_path: Path) -> Tuple[float, float]:
+    """(median wps, median words per batch) over the log intervals after the first."""
+    intervals = interval_stats(log)[1:]
+    if not intervals:
+        raise RuntimeError(f"{log_path}: fewer than two train_inner log lines, nothing to measure "
+                           f"after the warm-up interval\n--- last lines ---\n{log[-LOG_TAIL_CHARACTERS:]}")
+    return (statistics.median(float(s["wps"]) for s in intervals),
+            statistics.median(float(s["wpb"]) for s in intervals))
+
+
+def train_once(comparison: Comparison, model: str, repetition: int, plan: Plan, root: Path) -> Tuple[float, float]:
+    """One fairseq-train run; returns (wps, words per batch)."""
+    name = f"{comparison.label}_{model}_{repetition}".replace(" ", "").replace("@", "_")
+    log_path = root / "logs" / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = train_command(comparison, comparison.models()[model], plan, root / "checkpoints" / name)
+    log = run_logged(command, log_path, f"fairseq-train ({comparison.label}, {model})", root)
+    return run_throughput(log, log_path)
+
+
+def measure(comparison: Comparison, plan: Plan, repeats: int, root: Path, progress: tqdm) -> List[dict]:
+    """Alternating runs of both models; one row per model."""
+    names = list(comparison.models())
+    runs: Dict[str, List[float]] = {name: [] for name in names}
+    batches: Dict[str, List[float]] = {name: [] for name in names}
+    for repetition in range(repeats):
+        shift = repetition % len(names)
+        for name in names[shift:] + names[:shift]:
+            progress.set_postfix_str(f"{comparison.label}: {name}")
+            wps, words_per_batch = train_once(comparison, name, repetition, plan, root)
+            runs[name].append(wps)
+            batches[name].append(words_per_batch)
+            progress.update(1)
+    baseline = statistics.median(runs["transformer"])
+    rows = []
+    for name in names:
+        median = statistics.median(runs[name])
+        rows.append(dict(
+            label=f"{comparison.label}: {name}", comparison=comparison.label,
+            arch=" ".join(comparison.models()[name]), parameters_used=comparison.used[name],
+            tokens_per_sample=comparison.tokens_per_sample, words_per_batch=statistics.median(batches[name]),
+            wps_median=median, wps_runs=runs[name], wps_vs_transformer=ratio(median, baseline),
+        ))
+    return rows
+
+
+def targets_for(rows: List[dict], plan: Plan) -> list:
+    ratios = {row["comparison"]: row["wps_vs_transformer"] for row in rows if row["label"].endswith(": mega")}
+    short, long = plan.lm_lengths
+    return [
+        at_least(f"LM training wps mega_lm_tiny vs transformer_lm at {short} tokens per sample",
+                 ratios[f"LM @ {short}"], 0.8, "Mega with full attention"),
+        at_least(f"LM training wps mega_lm_tiny vs transformer_lm at {long} tokens per sample",
+                 ratios[f"LM @ {long}"], 1.5, f"Mega chunked ({plan.long_chunk})"),
+        informative("translation training wps mega vs transformer", ratios["translation"]),
+    ]
+
+
+def notes_for(comparisons: List[Comparison], plan: Plan, repeats: int) -> List[str]:
+    notes = [
+        f"fairseq-train --cpu, {THREADS} thread per run (OMP_NUM_THREADS), --max-tokens "
+        f"{plan.max_tokens}, adam, dropout 0.1, {plan.max_update} updates per run logged every "
+        f"{plan.log_interval}; wps = median over the intervals after the first, then over "
+        f"{repeats} alternating run(s) per model; translation wps counts target tokens",
+        f"data: random words from a {VOCABULARY}-word vocabulary (LM: {plan.lm_train_tokens:,} "
+        f"training words, --sample-break-mode none; translation: {plan.mt_train_pairs:,} pairs "
+        "of unrelated 10-50-word sentences, joined dictionary)",
+        "transformer_lm: 2 layers, 64 wide (--decoder-embed-dim/--decoder-input-dim/"
+        "--decoder-output-dim), 4 heads, tied embeddings; transformer: 2+2 layers, 128 wide, "
+        "4 heads, shared embeddings; both with the FFN width whose used-parameter count is "
+        "closest to Mega's (mega_lm_tiny: 64 wide; mega: mega_tiny widened to 128 as in "
+        "examples/translation/run_gettext_en_de.sh)",
+    ]
+    for comparison in comparisons:
+        notes.append(f"{comparison.label}: used parameters mega {comparison.used['mega']:,}, "
+                     f"transformer {comparison.used['transformer']:,} "
+                     f"(FFN width {comparison.baseline_args[-1]})")
+    return notes
+
+
+def run(options: SectionOptions) -> SectionResult:
+    """Parts a and b (see the module docstring); quick: tiny data, 3 updates per run."""
+    plan = plan_for(options.quick)
+    root = Path(options.work_dir) / SECTION
+    root.mkdir(parents=True, exist_ok=True)
+    comparisons = comparisons_for(plan, prepare_lm_data(root, plan), prepare_mt_data(root, plan))
+    previous_disable = logging.root.manager.disable
+    logging.disable(logging.INFO)  # fairseq's model-building messages while counting
+    try:
+        for comparison in comparisons:
+            match_baseline(comparison)
+    finally:
+        logging.disable(previous_disable)
+    result = SectionResult(SECTION)
+    total_runs = len(comparisons) * 2 * options.repeats
+    with tqdm(total=total_runs, desc=SECTION, disable=not options.progress) as progress:
+        for comparison in comparisons:
+            result.rows.extend(measure(comparison, plan, options.repeats, root, progress))
+    result.targets.extend(targets_for(result.rows, plan))
+    result.notes.extend(notes_for(comparisons, plan, options.repeats))
+    return result
