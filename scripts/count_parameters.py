@@ -30,7 +30,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 import torch
 
@@ -112,18 +112,10 @@ def width_options(common: List[str], model_args: List[str], width: int) -> List[
     return [part for option in ffn_width_option_names(common, model_args) for part in (option, str(width))]
 
 
-def match_ffn_width(common, target_used: int, model_args: List[str]) -> Tuple[int, int]:
-    """FFN width (>= 1) whose used-parameter count is closest to ``target_used``.
-
-    The count is affine in the width (every FFN adds two matrices and a bias), so two
-    builds give the line; the widths around its solution are then built and compared."""
-    names = ffn_width_option_names(common, model_args)
-
-    def used_with(width: int) -> int:
-        options = [part for option in names for part in (option, str(width))]
-        model, task = build_model(common, model_args + options)
-        return count(model, task)[1]
-
+def closest_ffn_width(used_with: Callable[[int], int], target_used: int) -> Tuple[int, int]:
+    """(width >= 1, used_with(width)) with the used-parameter count closest to
+    ``target_used``. The count is affine in the width (every FFN adds two matrices and a
+    bias), so two counts give the line; the widths around its solution are then counted."""
     low, high = 1, 1025
     used_low, used_high = used_with(low), used_with(high)
     per_width = (used_high - used_low) / (high - low)
@@ -133,6 +125,20 @@ def match_ffn_width(common, target_used: int, model_args: List[str]) -> Tuple[in
         raise RuntimeError("the used-parameter count is not affine in the FFN width for this model")
     best = min(counts, key=lambda width: (abs(counts[width] - target_used), width))
     return best, counts[best]
+
+
+def match_ffn_width(common, target_used: int, model_args: List[str]) -> Tuple[int, int]:
+    """FFN width (>= 1) whose used-parameter count is closest to ``target_used``, every FFN
+    width option the model accepts set to it."""
+
+    names = ffn_width_option_names(common, model_args)
+
+    def used_with(width: int) -> int:
+        options = [part for option in names for part in (option, str(width))]
+        model, task = build_model(common, model_args + options)
+        return count(model, task)[1]
+
+    return closest_ffn_width(used_with, target_used)
 
 
 def split_argv(argv: List[str]):

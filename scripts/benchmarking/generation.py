@@ -132,18 +132,13 @@ def match_ffn_width(common: Tuple[str, ...], target_used: int, model_args: Tuple
                     ffn_options: Tuple[str, ...]) -> Tuple[int, int]:
     """(FFN width, used parameters) of the ``model_args`` model whose used-parameter count
     is closest to ``target_used``; ``ffn_options`` (e.g. ``--decoder-ffn-embed-dim``) all
-    get the width. The count is affine in the width (each FFN adds two matrices and a
-    bias), so two builds give the line and the widths around its solution are checked."""
+    get the width (count_parameters.closest_ffn_width, with the faster cached counts)."""
+    from count_parameters import closest_ffn_width
 
     def used_with(width: int) -> int:
         return used_parameters(common, with_ffn_width(model_args, ffn_options, width))
 
-    low, high = 1, 1025
-    per_width = (used_with(high) - used_with(low)) / (high - low)
-    estimate = max(1, round(low + (target_used - used_with(low)) / per_width))
-    widths = [w for w in (estimate - 1, estimate, estimate + 1) if w >= 1]
-    best = min(widths, key=lambda w: abs(used_with(w) - target_used))
-    return best, used_with(best)
+    return closest_ffn_width(used_with, target_used)
 
 
 def with_ffn_width(model_args: Tuple[str, ...], ffn_options: Tuple[str, ...], width: int) -> Tuple[str, ...]:

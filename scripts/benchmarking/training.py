@@ -30,7 +30,10 @@ from typing import Dict, List, Optional, Tuple
 from tqdm import tqdm
 
 from benchmarking.generation import (
+    MEGA_LM,
     MEGA_MT,
+    TRANSFORMER_LM,
+    TRANSFORMER_LM_FFN,
     TRANSFORMER_MT,
     TRANSFORMER_MT_FFN,
     match_ffn_width,
@@ -49,11 +52,6 @@ SEED = 1
 THREADS = 1
 LOG_TAIL_CHARACTERS = 4000
 
-MEGA_LM = ("--arch", "mega_lm_tiny")
-TRANSFORMER_LM = ("--arch", "transformer_lm", "--decoder-layers", "2", "--decoder-embed-dim", "64",
-                  "--decoder-input-dim", "64", "--decoder-output-dim", "64",
-                  "--decoder-attention-heads", "4", "--share-decoder-input-output-embed")
-TRANSFORMER_LM_FFN = ("--decoder-ffn-embed-dim",)
 OPTIMIZATION = ("--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", "1e-3",
                 "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10", "--dropout", "0.1")
 MT_CRITERION = ("--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1")
