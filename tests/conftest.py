@@ -7,10 +7,34 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BUNDLED_TEXT = REPO / "examples" / "language_model" / "data"
+
+
+DEVICE_ENV = "MEGA_FAIRSEQ_TEST_DEVICE"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device", default=os.environ.get(DEVICE_ENV, "cpu"),
+        help=f"torch device for the tests marked 'device' (default: ${DEVICE_ENV} or cpu), e.g. cuda",
+    )
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    """The device the 'device'-marked tests run on (``--device`` / $MEGA_FAIRSEQ_TEST_DEVICE)."""
+    name = request.config.getoption("--device")
+    try:
+        chosen = torch.device(name)
+    except RuntimeError as error:
+        raise pytest.UsageError(f"--device {name!r} is not a torch device: {error}") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"--device {name}: torch {torch.__version__} sees no CUDA device")
+    return chosen
 
 
 def console_script(name: str) -> str:

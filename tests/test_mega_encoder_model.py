@@ -340,15 +340,15 @@ PRESETS = {
     # arch: (embed, hidden, ffn, z, EMA ndim, layers, norm, prenorm, attention activation,
     #        dropout, chunk, truncation, max positions (masked_lm's --tokens-per-sample 1024
     #        unless the preset says), sentence rep)
-    "mega_encoder": (768, 1536, 1536, 128, 16, 12, "LayerNorm", True, "softmax", 0.1, -1, None, 1024, "cls"),
-    "mega_encoder_base": (768, 1536, 1536, 128, 16, 12, "LayerNorm", True, "softmax", 0.1, -1, None, 1024, "cls"),
-    "mega_encoder_tiny": (64, 128, 128, 32, 4, 2, "LayerNorm", True, "softmax", 0.1, -1, None, 1024, "cls"),
-    "mega_lra_listop": (80, 160, 160, 64, 16, 6, "ScaleNorm", False, "softmax", 0.1, -1, 1024, 2002, "mean"),
-    "mega_lra_imdb": (128, 256, 256, 64, 16, 4, "ScaleNorm", False, "softmax", 0.1, -1, 1024, 4002, "mean"),
-    "mega_lra_aan": (128, 256, 256, 64, 16, 6, "ScaleNorm", False, "softmax", 0.1, -1, 1024, 4002, "mean"),
-    "mega_lra_cifar10": (160, 320, 320, 96, 16, 8, "MaskedBatchNorm", True, "laplace", 0.0, 1024, 1024, 1024, "mean"),
-    "mega_lra_pf32": (128, 256, 256, 64, 16, 6, "MaskedBatchNorm", True, "laplace", 0.0, 1024, 1024, 1024, "mean"),
-    "mega_lra_pf128": (64, 128, 128, 32, 16, 4, "MaskedBatchNorm", True, "laplace", 0.0, 16384, 4096, 16384, "mean"),
+    "mega_encoder": (768, 1536, 1536, 128, 16, 12, "layernorm", True, "softmax", 0.1, -1, None, 1024, "cls"),
+    "mega_encoder_base": (768, 1536, 1536, 128, 16, 12, "layernorm", True, "softmax", 0.1, -1, None, 1024, "cls"),
+    "mega_encoder_tiny": (64, 128, 128, 32, 4, 2, "layernorm", True, "softmax", 0.1, -1, None, 1024, "cls"),
+    "mega_lra_listop": (80, 160, 160, 64, 16, 6, "scalenorm", False, "softmax", 0.1, -1, 1024, 2002, "mean"),
+    "mega_lra_imdb": (128, 256, 256, 64, 16, 4, "scalenorm", False, "softmax", 0.1, -1, 1024, 4002, "mean"),
+    "mega_lra_aan": (128, 256, 256, 64, 16, 6, "scalenorm", False, "softmax", 0.1, -1, 1024, 4002, "mean"),
+    "mega_lra_cifar10": (160, 320, 320, 96, 16, 8, "batchnorm", True, "laplace", 0.0, 1024, 1024, 1024, "mean"),
+    "mega_lra_pf32": (128, 256, 256, 64, 16, 6, "batchnorm", True, "laplace", 0.0, 1024, 1024, 1024, "mean"),
+    "mega_lra_pf128": (64, 128, 128, 32, 16, 4, "syncbatchnorm", True, "laplace", 0.0, 16384, 4096, 16384, "mean"),
 }
 
 
@@ -368,7 +368,7 @@ def test_presets_and_parameter_counts(arch, vocab50k, vocab256):
         assert attention.ema.ndim == ndim and attention.ema.truncation == truncation
         assert attention.chunk_size == chunk and attention.attention_activation == activation
         assert block.ffn.fc1.out_features == ffn and attention.prenorm is prenorm
-        assert type(attention.norm.norm).__name__ == norm
+        assert attention.norm.norm_type == norm
         assert attention.dropout.p == dropout and not attention.causal
     count = _count(model)
     vocab = len(model.encoder.dictionary)
@@ -390,7 +390,7 @@ def test_command_line_wins_over_presets_and_tasks_get_max_positions(vocab256, tm
                          "--normalization-type", "layernorm", "--max-positions", "300",
                          "--sentence-rep", "cls", "--type-vocab-size", "2", "--untie-lm-head")
     assert len(model.encoder.layers) == 2 and model.max_positions() == 300
-    assert type(model.encoder.layers[0].self_attn.norm.norm).__name__ == "LayerNorm"
+    assert model.encoder.layers[0].self_attn.norm.norm_type == "layernorm"
     assert model.sentence_rep == "cls" and model.encoder.embed_token_types.num_embeddings == 2
     assert model.lm_head.weight is not model.encoder.embed_tokens.weight
     _, task, model = _build(vocab256, "--arch", "mega_encoder_tiny", "--tokens-per-sample", "96")

@@ -70,7 +70,7 @@ def test_presets_and_parameter_counts(arch, wmt_sized_data):
             assert block.ffn.hidden_dropout.p == inner_dropout  # --activation-dropout
             assert attention.attention_activation == "softmax" and not attention.prenorm
             assert type(attention.rel_pos_bias).__name__ == "SimpleRelativePositionalBias"
-            assert type(attention.norm.norm).__name__ == "LayerNorm"
+            assert isinstance(attention.norm.norm, torch.nn.LayerNorm)
             assert attention.causal is (side == "decoder")
             assert (block.cross_attn is not None) is (side == "decoder")
     count = _count(model)

@@ -12,6 +12,7 @@ from fairseq.modules import AdaptiveSoftmax
 
 from mega_fairseq.models.block_stack import MegaBlockStack
 from mega_fairseq.models.model_building import check_checkpoint_vocabulary
+from mega_fairseq.models.padding import padding_mask_or_none
 from mega_fairseq.modules.incremental import IncrementalState
 from mega_fairseq.modules.mega_layer import MegaLayerSettings
 
@@ -101,9 +102,7 @@ class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
             decoded = self._decoded_positions(incremental_state)
             tokens = tokens[:, decoded:]
             self._set_decoded_positions(incremental_state, decoded + tokens.size(1))
-        padding_mask = tokens.eq(self.padding_idx)
-        if not padding_mask.any():
-            padding_mask = None
+        padding_mask = padding_mask_or_none(tokens, self.padding_idx)
 
         enc, enc_padding_mask = None, None
         if encoder_out is not None and len(encoder_out.get("encoder_out", [])) > 0:

@@ -11,6 +11,7 @@ from fairseq.models import FairseqEncoder
 
 from mega_fairseq.models.block_stack import MegaBlockStack
 from mega_fairseq.models.model_building import check_checkpoint_vocabulary
+from mega_fairseq.models.padding import any_true, has_values
 from mega_fairseq.modules.mega_layer import MegaLayerSettings
 
 
@@ -75,14 +76,16 @@ class MegaEncoder(MegaBlockStack, FairseqEncoder):
             token_types = None
         elif token_types is not None:
             self._check_token_types(token_types, src_tokens)
-        if padding_mask[:, 0].any():
+        # left-padded batches (fairseq's translation default) are right-aligned first; on
+        # the meta device (no values) the batch is taken as right-padded
+        if any_true(padding_mask[:, 0], unknown=False):
             if token_types is not None:
                 token_types = right_align(token_types, padding_mask)
             src_tokens = utils.convert_padding_direction(
                 src_tokens, self.padding_idx, left_to_right=True
             )
             padding_mask = src_tokens.eq(self.padding_idx)
-        has_padding = bool(padding_mask.any())
+        has_padding = any_true(padding_mask)
         layer_padding_mask = padding_mask if has_padding else None
 
         embedding = self.embed_tokens(src_tokens)
@@ -123,7 +126,7 @@ class MegaEncoder(MegaBlockStack, FairseqEncoder):
         if token_types.dtype.is_floating_point or token_types.dtype == torch.bool:
             raise ValueError(f"token_types must be integer ids, got dtype {token_types.dtype}")
         num_types = self.embed_token_types.num_embeddings
-        if token_types.numel() > 0:
+        if token_types.numel() > 0 and has_values(token_types):
             low, high = int(token_types.min()), int(token_types.max())
             if low < 0 or high >= num_types:
                 raise ValueError(

@@ -52,6 +52,7 @@ from mega_fairseq.models.model_building import (
     stack_embedding_options,
     warn_if_preset_not_applied,
 )
+from mega_fairseq.models.padding import any_true
 from mega_fairseq.modules.activations import get_activation_fn
 
 logger = logging.getLogger(__name__)
@@ -327,7 +328,7 @@ class MegaEncoderModel(FairseqEncoderModel):
             return features, extra
         if masked_tokens is not None:
             input_padding = src_tokens.eq(self.encoder.padding_idx)
-            if input_padding[:, 0].any():
+            if any_true(input_padding[:, 0], unknown=False):
                 masked_tokens = right_align(masked_tokens, input_padding)
         return self.lm_head(features, masked_tokens), extra
 

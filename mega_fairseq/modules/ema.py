@@ -23,6 +23,7 @@ from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor
 
 from mega_fairseq.modules.incremental import IncrementalState
+from mega_fairseq.modules.precision import compute_dtype, full_precision
 
 # kernels / kernel spectra kept in eval mode (different sequence lengths need different ones)
 _MAX_CACHED_ENTRIES = 8
@@ -111,8 +112,10 @@ class MultiDimensionalDampedEMA(nn.Module):
 
     Parameters: delta, alpha, beta (D' x N x 1), gamma (D' x N), omega (D).
 
-    Computation happens in float32 (float64 when the input or the parameters are float64)
-    and the result is cast back to the input dtype.
+    Computation happens in float32 (float64 when the input or the parameters are float64),
+    also for float16/bfloat16 parameters and inputs and under autocast (see
+    :mod:`mega_fairseq.modules.precision`), and the result is cast back to the input dtype.
+    Kernels, spectra and coefficients are therefore always built in that compute dtype.
 
     In eval mode the kernel and its spectrum are cached. The cache is dropped on ``train()``,
     ``load_state_dict``, ``to()``/``half()``-style conversions, and whenever a parameter's
@@ -163,9 +166,7 @@ class MultiDimensionalDampedEMA(nn.Module):
 
     # ------------------------------------------------------------- coefficients
     def _compute_dtype(self, input_dtype: Optional[torch.dtype] = None) -> torch.dtype:
-        if self.gamma.dtype == torch.float64 or input_dtype == torch.float64:
-            return torch.float64
-        return torch.float32
+        return compute_dtype(self.gamma.dtype, input_dtype or self.gamma.dtype)
 
     def coefficients(self, dtype: Optional[torch.dtype] = None) -> EMACoefficients:
         """The recurrence factors (D' x N each) in ``dtype`` (default: the compute dtype)."""
@@ -191,7 +192,8 @@ class MultiDimensionalDampedEMA(nn.Module):
         """The EMA kernel k[d, t] for lags t = 0..length-1 (not truncated): D' x length, in
         float32 (float64 for a float64 module). Bidirectional: rows D..2D-1 are the
         anti-causal kernel."""
-        return self._cached(("kernel", length), lambda: self.coefficients().kernel(0, length))
+        with full_precision(self.gamma.device):
+            return self._cached(("kernel", length), lambda: self.coefficients().kernel(0, length))
 
     def _kernel_length(self, seq_len: int) -> int:
         return seq_len if self.truncation is None else min(seq_len, self.truncation)
@@ -274,21 +276,21 @@ class MultiDimensionalDampedEMA(nn.Module):
                 )
             x = x.masked_fill(padding_mask.to(torch.bool).transpose(0, 1).unsqueeze(-1), 0.0)
 
+        if incremental_state is not None and self.bidirectional:
+            raise ValueError(
+                "incremental_state (incremental decoding) needs bidirectional=False: "
+                "a bidirectional EMA reads future tokens"
+            )
         dtype = self._compute_dtype(x.dtype)
-        signal = x.to(dtype).permute(1, 2, 0)  # B x D x T
-        if incremental_state is not None:
-            if self.bidirectional:
-                raise ValueError(
-                    "incremental_state (incremental decoding) needs bidirectional=False: "
-                    "a bidirectional EMA reads future tokens"
-                )
-            mixed = self._forward_incremental(signal, incremental_state)
-        else:
-            fft_size = 2 * seq_len
-            spectrum = self._kernel_spectrum(self._kernel_length(seq_len), fft_size, dtype)
-            mixed = _fft_convolve(signal, spectrum, fft_size)
-
-        out = F.silu(mixed + self.omega.to(dtype).unsqueeze(-1) * signal)
+        with full_precision(x.device):
+            signal = x.to(dtype).permute(1, 2, 0)  # B x D x T
+            if incremental_state is not None:
+                mixed = self._forward_incremental(signal, incremental_state)
+            else:
+                fft_size = 2 * seq_len
+                spectrum = self._kernel_spectrum(self._kernel_length(seq_len), fft_size, dtype)
+                mixed = _fft_convolve(signal, spectrum, fft_size)
+            out = F.silu(mixed + self.omega.to(dtype).unsqueeze(-1) * signal)
         return out.permute(2, 0, 1).to(x.dtype)
 
     # ------------------------------------------------------ incremental decoding

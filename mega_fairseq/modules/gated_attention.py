@@ -38,6 +38,7 @@ from mega_fairseq.modules.activations import (
 from mega_fairseq.modules.dropout import build_dropout
 from mega_fairseq.modules.ema import MultiDimensionalDampedEMA
 from mega_fairseq.modules.incremental import IncrementalState
+from mega_fairseq.modules.precision import full_precision, upcast
 from mega_fairseq.modules.relative_position import build_relative_positional_bias
 from mega_fairseq.modules.sequence_norm import SequenceNorm
 
@@ -61,11 +62,19 @@ def _check_probability(option: str, value: float) -> None:
         raise ValueError(f"{option} must be in [0, 1), got {value!r}")
 
 
-def _none_if_nothing_padded(key_padding_mask: Optional[Tensor]) -> Optional[Tensor]:
-    """The mask, or None when it hides nothing (attention then skips all masking work)."""
-    if key_padding_mask is None or not bool(key_padding_mask.any()):
+def _concat_padding_masks(previous: Optional[Tensor], new: Optional[Tensor], batch: int,
+                          previous_length: int, new_length: int) -> Optional[Tensor]:
+    """Key padding masks of cached keys (B x Lp) and new keys (B x Ln), either None when
+    nothing there is padded -> B x (Lp + Ln), or None when neither hides a key. Decided
+    from which masks exist, so that decoding never reads a mask back from its device."""
+    if previous is None and new is None:
         return None
-    return key_padding_mask
+    reference = previous if previous is not None else new
+    if previous is None:
+        previous = reference.new_zeros(batch, previous_length)
+    if new is None:
+        new = reference.new_zeros(batch, new_length)
+    return torch.cat([previous, new], dim=1)
 
 
 @with_incremental_state
@@ -308,7 +317,34 @@ class MovingAverageGatedAttention(nn.Module):
         into the Lq x Lk bias and the scale into the score product, so no N x Lq x Lk mask is
         ever built. A query that sees no key at all (a padded one) gets zero weights.
         """
-        bias = window_bias if window_bias is not None else self.rel_pos_bias(query_positions, key_positions)
+        weights = self._attention_weights(q, k, query_positions, key_positions, key_padding_mask,
+                                          window_bias).to(v.dtype)
+        output = torch.bmm(self.attention_dropout(weights), v)
+        return output, weights
+
+    def _attention_weights(
+        self,
+        q: Tensor,
+        k: Tensor,
+        query_positions: Tensor,
+        key_positions: Tensor,
+        key_padding_mask: Optional[Tensor],
+        window_bias: Optional[Tensor],
+    ) -> Tensor:
+        """The weights of :meth:`_attend_window` (N x Lq x Lk), computed in float32 (float64
+        for float64 inputs), also under autocast: scores, bias, masks and the activation."""
+        with full_precision(q.device):
+            return self._float32_attention_weights(upcast(q), upcast(k), query_positions,
+                                                   key_positions, key_padding_mask, window_bias)
+
+    def _float32_attention_weights(self, q: Tensor, k: Tensor, query_positions: Tensor,
+                                   key_positions: Tensor, key_padding_mask: Optional[Tensor],
+                                   window_bias: Optional[Tensor]) -> Tensor:
+        if window_bias is None:
+            # keys sit at 0 .. Lk - 1 and the queries are the last Lq of them
+            bias = self.rel_pos_bias(query_positions, key_positions, largest_position=k.size(1) - 1)
+        else:
+            bias = window_bias
         # the queries are always the last Lq keys of the window, so a single query (a
         # decoding step) has no future key to hide
         if self.causal and query_positions.numel() > 1:
@@ -319,15 +355,13 @@ class MovingAverageGatedAttention(nn.Module):
         if self.attention_activation != "softmax" or key_padding_mask is not None:
             visible = self._visible_key_counts(query_positions, key_positions, key_padding_mask)
         bias = bias.to(q.dtype).unsqueeze(0)
-        compute_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
         if self.attention_activation == "softmax":
-            scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=self.scaling).to(compute_dtype)
+            scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=self.scaling)
         elif isinstance(visible, int):
-            scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=1.0 / max(visible, 1)).to(compute_dtype)
+            scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=1.0 / max(visible, 1))
         else:
             # n: the number of keys each query may see (at least 1 to keep padded queries finite)
             scores = torch.bmm(q, k.transpose(1, 2)).div_(visible.clamp(min=1).to(q.dtype)).add_(bias)
-            scores = scores.to(compute_dtype)
         if key_hidden is not None:
             scores = scores.masked_fill_(key_hidden, float("-inf"))
         no_visible_key = None  # N x Lq x 1 (or N x 1 x 1) bool; only padding hides every key
@@ -340,11 +374,8 @@ class MovingAverageGatedAttention(nn.Module):
             weights = F.softmax(scores, dim=-1)
             if no_visible_key is not None:
                 weights = weights.masked_fill(no_visible_key, 0.0)
-        else:
-            weights = laplace(scores) if self.attention_activation == "laplace" else relu2(scores)
-        weights = weights.type_as(q)
-        output = torch.bmm(self.attention_dropout(weights), v)
-        return output, weights
+            return weights
+        return laplace(scores) if self.attention_activation == "laplace" else relu2(scores)
 
     def _visible_key_counts(self, query_positions: Tensor, key_positions: Tensor,
                             key_padding_mask: Optional[Tensor]):
@@ -387,7 +418,7 @@ class MovingAverageGatedAttention(nn.Module):
         if key_padding_mask is not None:
             key_padding_mask = key_padding_mask.reshape(batch * num_chunks, window)
         positions = torch.arange(window, device=q.device)
-        output, weights = self._attend(q, k, v, positions, positions, _none_if_nothing_padded(key_padding_mask),
+        output, weights = self._attend(q, k, v, positions, positions, key_padding_mask,
                                        window_bias=self.rel_pos_bias.window_bias(window),
                                        need_weights=need_weights)
         output = output.reshape(batch, num_chunks * window, self.hdim)[:, :length]
@@ -413,16 +444,14 @@ class MovingAverageGatedAttention(nn.Module):
         q, k: B x L x zdim; v: B x L x hdim; padding_mask: B x L or None.
         Returns (B x L x hdim, B x L x W weights or None)."""
         batch, new_length = q.size(0), q.size(1)
-        if padding_mask is None:
-            padding_mask = q.new_zeros(batch, new_length, dtype=torch.bool)
         cache = self._get_attention_cache(incremental_state)
+        prev_mask: Optional[Tensor] = None  # None: no cached key is padded
         if cache is None:
             prev_key = k.new_zeros(batch, 0, self.zdim)
             prev_value = v.new_zeros(batch, 0, self.hdim)
-            prev_mask = padding_mask.new_zeros(batch, 0)
         else:
             prev_key, prev_value, prev_mask = cache[PREV_KEY], cache[PREV_VALUE], cache[PREV_KEY_PADDING_MASK]
-            assert prev_key is not None and prev_value is not None and prev_mask is not None
+            assert prev_key is not None and prev_value is not None
 
         outputs: List[Tensor] = []
         all_weights: List[Tensor] = []
@@ -439,12 +468,13 @@ class MovingAverageGatedAttention(nn.Module):
             end = start + min(room, new_length - start)
             keys = torch.cat([prev_key, k[:, start:end]], dim=1)
             values = torch.cat([prev_value, v[:, start:end]], dim=1)
-            key_padding_mask = torch.cat([prev_mask, padding_mask[:, start:end]], dim=1)
+            key_padding_mask = _concat_padding_masks(
+                prev_mask, None if padding_mask is None else padding_mask[:, start:end], batch,
+                decoded_in_window, end - start)
             query_positions = torch.arange(decoded_in_window, keys.size(1), device=q.device)
             key_positions = torch.arange(keys.size(1), device=q.device)
             output, weights = self._attend(q[:, start:end], keys, values, query_positions,
-                                           key_positions, _none_if_nothing_padded(key_padding_mask),
-                                           need_weights=need_weights)
+                                           key_positions, key_padding_mask, need_weights=need_weights)
             outputs.append(output)
             if need_weights:
                 if self.chunked:
@@ -452,7 +482,7 @@ class MovingAverageGatedAttention(nn.Module):
                 all_weights.append(weights)
             if self.chunked and keys.size(1) == self.chunk_size:
                 # the chunk is complete: the next token starts a new, empty one
-                keys, values, key_padding_mask = keys[:, :0], values[:, :0], key_padding_mask[:, :0]
+                keys, values, key_padding_mask = keys[:, :0], values[:, :0], None
             prev_key, prev_value, prev_mask = keys, values, key_padding_mask
             start = end
 

@@ -18,15 +18,11 @@ from mega_fairseq.modules.activations import (
 )
 from mega_fairseq.modules.dropout import build_dropout
 from mega_fairseq.modules.incremental import IncrementalState
+from mega_fairseq.modules.precision import full_precision, upcast
 from mega_fairseq.modules.relative_position import build_relative_positional_bias
 from mega_fairseq.modules.sequence_norm import SequenceNorm
 
 _STATE_KEY = "cross_attn_state"
-
-
-def _upcast(x: Tensor) -> Tensor:
-    """float32 copy of half precision tensors; others unchanged."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 @with_incremental_state
@@ -104,32 +100,40 @@ class GatedCrossAttention(nn.Module):
         self.set_incremental_state(incremental_state, _STATE_KEY, saved)
         return saved["prev_key"], saved["prev_value"], saved["prev_key_padding_mask"], start
 
-    def _position_bias(self, query_positions: Tensor, src_len: int,
+    def _position_bias(self, query_positions: Tensor, first_position: int, src_len: int,
                        key_padding_mask: Optional[Tensor]) -> Tensor:
-        """Relative position bias, Tq x Tk, or B x Tq x Tk when some sources are left-padded.
+        """Relative position bias, Tq x Tk, or B x Tq x Tk with a key padding mask
+        (query_positions: first_position .. first_position + Tq - 1).
 
         A key's position counts from the first real token of its sequence, so a left-padded
         source (fairseq's default for translation) gets the same bias as the sequence alone;
         padded keys are masked anyway and get position 0.
         """
         key_positions = torch.arange(src_len, device=query_positions.device)
+        # known from shapes, so the positions are never read back from their device
+        largest_position = max(src_len, first_position + query_positions.numel()) - 1
         if key_padding_mask is None:
-            return self.rel_pos_bias(query_positions, key_positions)
+            return self.rel_pos_bias(query_positions, key_positions, largest_position)
         leading_padding = (~key_padding_mask).long().cumsum(dim=-1).eq(0).sum(dim=-1)  # B
-        if not leading_padding.any():
-            return self.rel_pos_bias(query_positions, key_positions)
         shifted = (key_positions.unsqueeze(0) - leading_padding.unsqueeze(1)).clamp(min=0)  # B x Tk
-        return self.rel_pos_bias(query_positions, shifted)
+        return self.rel_pos_bias(query_positions, shifted, largest_position)
 
     def _attention_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor],
                            first_query_position: int) -> Tensor:
-        """q: B x Tq x zdim, k: B x Tk x zdim, key_padding_mask: B x Tk -> weights B x Tq x Tk."""
+        """q: B x Tq x zdim, k: B x Tk x zdim, key_padding_mask: B x Tk -> weights B x Tq x Tk,
+        computed in float32 (float64 for float64 inputs), also under half precision."""
+        with full_precision(q.device):
+            return self._float32_attention_weights(upcast(q), upcast(k), key_padding_mask,
+                                                   first_query_position)
+
+    def _float32_attention_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor],
+                                   first_query_position: int) -> Tensor:
         tgt_len, src_len = q.size(1), k.size(1)
         query_positions = torch.arange(first_query_position, first_query_position + tgt_len,
                                        device=q.device)
-        # scores in at least float32: half precision inputs attend in float32
-        scores = _upcast(torch.bmm(q, k.transpose(1, 2)))  # B x Tq x Tk
-        bias = self._position_bias(query_positions, src_len, key_padding_mask).to(scores.dtype)
+        scores = torch.bmm(q, k.transpose(1, 2))  # B x Tq x Tk
+        bias = self._position_bias(query_positions, first_query_position, src_len,
+                                   key_padding_mask).to(scores.dtype)
         key_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(1)  # B x 1 x Tk
 
         if self.attention_activation == "softmax":
@@ -137,7 +141,7 @@ class GatedCrossAttention(nn.Module):
             scores = scores.mul_(self.scaling).add_(bias)
             if key_mask is not None:
                 scores = scores.masked_fill_(key_mask, float("-inf"))
-            return F.softmax(scores, dim=-1).type_as(q)
+            return F.softmax(scores, dim=-1)
 
         # laplace / relu2: scores scaled by the number of real keys, no renormalisation
         if key_mask is None:
@@ -148,7 +152,7 @@ class GatedCrossAttention(nn.Module):
         weights = laplace(scores) if self.attention_activation == "laplace" else relu2(scores)
         if key_mask is not None:
             weights = weights.masked_fill(key_mask, 0.0)
-        return weights.type_as(q)
+        return weights
 
     def forward(self, query: Tensor, key: Tensor, key_padding_mask: Optional[Tensor] = None,
                 incremental_state: Optional[IncrementalState] = None,
@@ -175,7 +179,7 @@ class GatedCrossAttention(nn.Module):
             first_query_position = 0
 
         weights = self._attention_weights(q.transpose(0, 1), k, key_padding_mask,
-                                          first_query_position)
+                                          first_query_position).to(v.dtype)
         attended = torch.bmm(self.attention_dropout(weights), v).transpose(0, 1)  # Tq x B x C
         h = self.hidden_dropout(attended * r)
         h = self.dropout(self.activation(self.h_proj(h)))

@@ -1,10 +1,13 @@
 """Relative positional biases added to attention scores."""
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from mega_fairseq.modules.activations import check_choice
+from mega_fairseq.modules.precision import compute_dtype, full_precision
 
 REL_POS_BIAS_TYPES = ("simple", "rotary")
 
@@ -22,12 +25,16 @@ class SimpleRelativePositionalBias(nn.Module):
     def reset_parameters(self) -> None:
         nn.init.normal_(self.rel_pos_bias, mean=0.0, std=0.02)
 
-    def _check_positions(self, query_positions: Tensor, key_positions: Tensor) -> None:
-        largest = 0
-        for positions in (query_positions, key_positions):
-            if positions.numel() > 0:
-                largest = max(largest, int(positions.max()))
-        self._check_largest_position(largest)
+    def _check_positions(self, query_positions: Tensor, key_positions: Tensor,
+                         largest_position: Optional[int]) -> None:
+        if largest_position is None:
+            # reads the positions back from their device: callers that know the largest
+            # position from shapes pass it instead
+            largest_position = 0
+            for positions in (query_positions, key_positions):
+                if positions.numel() > 0:
+                    largest_position = max(largest_position, int(positions.max()))
+        self._check_largest_position(largest_position)
 
     def _check_largest_position(self, largest: int) -> None:
         if largest >= self.max_positions:
@@ -36,10 +43,13 @@ class SimpleRelativePositionalBias(nn.Module):
                 "simple relative position bias; use rel_pos_bias='rotary' or a larger max_positions"
             )
 
-    def forward(self, query_positions: Tensor, key_positions: Tensor) -> Tensor:
+    def forward(self, query_positions: Tensor, key_positions: Tensor,
+                largest_position: Optional[int] = None) -> Tensor:
         """query_positions: LongTensor[Lq]; key_positions: LongTensor[Lk], or B x Lk (one
-        row per sequence) -> bias Lq x Lk, or B x Lq x Lk."""
-        self._check_positions(query_positions, key_positions)
+        row per sequence); largest_position: an upper bound of every position when the
+        caller knows one (else the positions are read back) -> bias Lq x Lk, or B x Lq x Lk,
+        in the table's dtype."""
+        self._check_positions(query_positions, key_positions, largest_position)
         offsets = key_positions.unsqueeze(-2) - query_positions.unsqueeze(-1)
         return self.rel_pos_bias[self.max_positions - 1 + offsets]
 
@@ -83,19 +93,22 @@ class RotaryRelativePositionalBias(nn.Module):
         """
         half = self.zdim // 2
         # angles in at least float32: large positions lose precision in half precision
-        dtype = torch.float64 if vector.dtype == torch.float64 else torch.float32
+        dtype = compute_dtype(vector.dtype)
         inv_freq = torch.pow(10000.0, -torch.arange(half, dtype=dtype, device=vector.device) / half)
         angles = positions.to(dtype).unsqueeze(-1) * inv_freq  # L x half
         cos, sin = torch.cos(angles), torch.sin(angles)
         x1, x2 = vector.to(dtype)[:half], vector.to(dtype)[half:]
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
-    def forward(self, query_positions: Tensor, key_positions: Tensor) -> Tensor:
+    def forward(self, query_positions: Tensor, key_positions: Tensor,
+                largest_position: Optional[int] = None) -> Tensor:
         """query_positions: LongTensor[Lq]; key_positions: LongTensor[Lk], or B x Lk (one
-        row per sequence) -> bias Lq x Lk, or B x Lq x Lk."""
-        rotated_alpha = self.rotate(self.alpha, query_positions)
-        rotated_beta = self.rotate(self.beta, key_positions)
-        return torch.matmul(rotated_alpha, rotated_beta.transpose(-1, -2)).to(self.alpha.dtype)
+        row per sequence); largest_position: unused (any position works) -> bias Lq x Lk,
+        or B x Lq x Lk, in float32 (float64 for float64 parameters), also under autocast."""
+        with full_precision(self.alpha.device):
+            rotated_alpha = self.rotate(self.alpha, query_positions)
+            rotated_beta = self.rotate(self.beta, key_positions)
+            return torch.matmul(rotated_alpha, rotated_beta.transpose(-1, -2))
 
     def window_bias(self, length: int) -> Tensor:
         """The bias of a whole window: length x length."""

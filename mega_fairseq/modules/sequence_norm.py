@@ -5,9 +5,11 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from mega_fairseq.modules.activations import check_choice
+from mega_fairseq.modules.precision import full_precision, upcast
 
 NORM_TYPES = ("layernorm", "scalenorm", "rmsnorm", "batchnorm", "syncbatchnorm")
 
@@ -17,9 +19,17 @@ def _root_mean_square(x: Tensor, eps: float) -> Tensor:
     return torch.sqrt(torch.mean(torch.square(x), dim=-1, keepdim=True) + eps)
 
 
-def _upcast(x: Tensor) -> Tensor:
-    """Half precision inputs are normalised in float32."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+class Float32LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (same parameters and state dict) that normalises float16/bfloat16
+    inputs and weights in float32, also under autocast, and returns the input's dtype."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: ... x C -> ... x C."""
+        with full_precision(x.device):
+            weight = None if self.weight is None else upcast(self.weight)
+            bias = None if self.bias is None else upcast(self.bias)
+            y = F.layer_norm(upcast(x), self.normalized_shape, weight, bias, self.eps)
+        return y.type_as(x)
 
 
 class RootMeanSquareNorm(nn.Module):
@@ -34,7 +44,7 @@ class RootMeanSquareNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ... x C -> ... x C."""
-        y = _upcast(x)
+        y = upcast(x)
         y = y / _root_mean_square(y, self.eps)
         if self.weight is not None:
             y = y * self.weight
@@ -102,7 +112,7 @@ class MaskedBatchNorm(nn.Module):
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         """x: T x B x C; padding_mask: B x T (True = pad) -> T x B x C."""
-        y = _upcast(x)
+        y = upcast(x)
         if self.training:
             mean, var, count = self._batch_statistics(y, padding_mask)
             with torch.no_grad():
@@ -131,7 +141,7 @@ class SequenceNorm(nn.Module):
         check_choice("norm_type", norm_type, NORM_TYPES)
         self.norm_type = norm_type
         if norm_type == "layernorm":
-            self.norm = nn.LayerNorm(embed_dim, eps=eps, elementwise_affine=affine)
+            self.norm = Float32LayerNorm(embed_dim, eps=eps, elementwise_affine=affine)
         elif norm_type == "scalenorm":
             self.norm = ScaleNorm(embed_dim, affine=affine, eps=eps)
         elif norm_type == "rmsnorm":
