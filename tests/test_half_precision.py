@@ -8,8 +8,9 @@ Tolerance. A half-precision run rounds the residual stream at every stage that s
 relative error of at most the unit roundoff u (2^-11 for float16, 2^-8 for bfloat16), and
 the log-probabilities inherit that error scaled by the logits (|logits| ~ 1-5 here). With
 2L + 2 stages for L blocks and an allowance of 4 u per stage, the bound is
-``4 u (2L + 2)``: 24 u for these two-block models, against 4-7 u measured (float16 and
-bfloat16, cast and autocast). Two differently initialised float32 models differ by about
+``4 u (2L + 2)``: 24 u for these two-block models, against at most 11 u measured (4-7 u
+for the language models, 6-11 u for translation and the encoder, 7-9 u at 4096 tokens;
+float16 and bfloat16, cast and autocast). Two differently initialised float32 models differ by about
 5 in log-probability, 50 (bfloat16) to 400 (float16) times the bound, and every
 half-precision run must also differ from float32 (it really ran in half precision).
 
