@@ -24,6 +24,10 @@ The fixes (one module each):
   is still used by two fairseq datasets.
 * :mod:`~mega_fairseq_compat.distributed` -- data-parallel training on CPU with the default
   ``--ddp-backend pytorch_ddp``.
+* :mod:`~mega_fairseq_compat.mixed_precision` -- ``--fp16``, ``--memory-efficient-fp16``,
+  ``--bf16``, ``--memory-efficient-bf16`` and ``--amp`` on the CPU (training and the
+  inference scripts), bf16 without an implied ``--tpu``, and one-line errors for
+  contradictory or unsupported precision requests.
 """
 
 from mega_fairseq_compat.hook import install, is_installed

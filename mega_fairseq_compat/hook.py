@@ -46,6 +46,17 @@ def _after_distributed_fairseq_model() -> None:
     distributed.apply()
 
 
+def _mixed_precision(fix_name: str, *args) -> Fix:
+    """A fix of :mod:`mega_fairseq_compat.mixed_precision` (imported only when it runs)."""
+
+    def fix() -> None:
+        from mega_fairseq_compat import mixed_precision
+
+        getattr(mixed_precision, fix_name)(*args)
+
+    return fix
+
+
 # module name -> fixes to run before the module's code executes
 BEFORE_IMPORT: Dict[str, List[Fix]] = {
     "fairseq": [_dataclass_defaults, _before_fairseq],
@@ -61,6 +72,17 @@ AFTER_IMPORT: Dict[str, List[Fix]] = {
     "fairseq.utils": [_after_fairseq_utils],
     "fairseq.modules.transformer_layer": [_after_transformer_layer],
     "fairseq.models.distributed_fairseq_model": [_after_distributed_fairseq_model],
+    # mixed precision (--fp16/--bf16/--amp) on the CPU and clear errors for bad combinations
+    "fairseq.options": [_mixed_precision("apply_options")],
+    "fairseq.optim.fp16_optimizer": [_mixed_precision("apply_fp16_optimizer")],
+    "fairseq.optim.amp_optimizer": [_mixed_precision("apply_amp_optimizer")],
+    "fairseq.tasks.fairseq_task": [_mixed_precision("apply_fairseq_task")],
+    "fairseq.trainer": [_mixed_precision("apply_trainer")],
+    "fairseq.checkpoint_utils": [_mixed_precision("apply_checkpoint_utils")],
+    "fairseq_cli.hydra_train": [_mixed_precision("apply_hydra_train")],
+    **{name: [_mixed_precision("apply_inference_cli", name)]
+       for name in ("fairseq_cli.eval_lm", "fairseq_cli.generate", "fairseq_cli.validate",
+                    "fairseq_cli.interactive")},
 }
 
 

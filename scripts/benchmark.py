@@ -4,6 +4,7 @@
     python scripts/benchmark.py                    # every section (~1 h on 2 CPU cores)
     python scripts/benchmark.py --sections layer,ema --repeats 5
     python scripts/benchmark.py --quick            # tiny sizes, one repetition (CI smoke run)
+    python scripts/benchmark.py --sections layer --device cuda   # the layer section on a GPU
 
 Sections:
   layer       one Mega block (full attention; chunk 128/256) vs one fairseq transformer
@@ -18,8 +19,10 @@ Sections:
   training    fairseq-train words/s of mega_lm vs transformer_lm (512 and 2048 tokens per
               sample) and mega vs transformer (translation), matched parameters
 
-Every comparison runs its candidates in one process, alternating them, and reports the
-median of the repetitions and the ratios. Results go to OUT_DIR: benchmark.json (every
+Every section runs on the CPU; the layer section also runs on a GPU (--device cuda: the
+device is synchronised around every timed call and peak memory is CUDA's own
+max_memory_allocated). Every comparison runs its candidates in one process, alternating
+them, and reports the median of the repetitions and the ratios. Results go to OUT_DIR: benchmark.json (every
 row and target), benchmark.md (the tables) and benchmark.png (time and memory vs length).
 """
 
@@ -56,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="scratch space for generated data and checkpoints (default: OUT_DIR/scratch)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device of the layer section: cpu (default), cuda, cuda:N; "
+                             "the other sections run on the CPU only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     sections = [name.strip() for name in args.sections.split(",") if name.strip()]
@@ -69,17 +75,53 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
+    problem = device_problem(args.device, sections)
+    if problem:
+        parser.error(problem)
     return args
 
 
-def machine_facts() -> dict:
+DEVICE_SECTIONS = ("layer",)  # the sections that run on a device other than the CPU
+
+
+def device_problem(name: str, sections) -> str:
+    """Why ``--device name`` cannot run ``sections`` here (a message for the user), or ""."""
+    if name == "cpu":
+        return ""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        return f"--device {name!r} is not a torch device ({error}); use cpu, cuda or cuda:N"
+    if device.type == "cpu":
+        return ""
+    if device.type != "cuda":
+        return f"--device {name}: only cpu and cuda devices are supported"
+    cpu_only = [section for section in sections if section not in DEVICE_SECTIONS]
+    if cpu_only:
+        return (f"--device {name}: section(s) {', '.join(cpu_only)} run on the CPU only; "
+                f"choose --sections {','.join(DEVICE_SECTIONS)}")
+    if not torch.cuda.is_available():
+        build = (f"built with CUDA {torch.version.cuda}, but it sees no GPU (driver, CUDA_VISIBLE_DEVICES?)"
+                 if torch.version.cuda else "a CPU-only build")
+        return f"--device {name}: CUDA is not available: torch {torch.__version__} is {build}"
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        return f"--device {name}: there are only {torch.cuda.device_count()} CUDA device(s)"
+    return ""
+
+
+def machine_facts(device: str = "cpu") -> dict:
     import os
 
     import torch
 
-    return dict(python=platform.python_version(), torch=torch.__version__, threads=torch.get_num_threads(),
-                cpus=os.cpu_count(), processor=platform.processor() or platform.machine(),
-                date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    facts = dict(python=platform.python_version(), torch=torch.__version__, threads=torch.get_num_threads(),
+                 cpus=os.cpu_count(), processor=platform.processor() or platform.machine(),
+                 date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), device=device)
+    if torch.device(device).type == "cuda":
+        facts.update(gpu=torch.cuda.get_device_name(torch.device(device)), cuda=torch.version.cuda)
+    return facts
 
 
 def main(argv=None) -> int:
@@ -93,9 +135,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     options = SectionOptions(quick=args.quick, repeats=args.repeats, work_dir=args.work_dir or args.out_dir / "scratch",
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, device=args.device)
     options.work_dir.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine_facts(), "quick": args.quick, "repeats": args.repeats, "sections": {}}
+    report = {"machine": machine_facts(args.device), "quick": args.quick, "repeats": args.repeats,
+              "device": args.device, "sections": {}}
     results = []
     for name in args.sections:
         started = time.perf_counter()

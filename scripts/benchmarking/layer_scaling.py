@@ -6,6 +6,10 @@ Encoder side: Mega with a bidirectional EMA (full attention, and chunked) agains
 ``TransformerEncoderLayer``; decoder side: causal Mega against ``TransformerDecoderLayer``
 without encoder attention (causal mask). Training mode with dropout 0.1 everywhere, as in
 training. Parameters are matched by construction (see :func:`layer_widths`).
+
+Runs on the CPU unless ``SectionOptions.device`` names another device (``benchmark.py
+--device cuda``): then layers and inputs live there, timers synchronise the device and peak
+memory is the CUDA allocator's (see :mod:`benchmarking.measure`).
 """
 
 from argparse import Namespace
@@ -75,7 +79,7 @@ def training_step(layer: nn.Module, x: torch.Tensor, transformer: bool, causal: 
     length = x.size(0)
     future_mask: Optional[torch.Tensor] = None
     if transformer and causal:
-        future_mask = torch.triu(torch.full((length, length), float("-inf")), diagonal=1)
+        future_mask = torch.triu(torch.full((length, length), float("-inf"), device=x.device), diagonal=1)
 
     def step() -> None:
         layer.zero_grad(set_to_none=True)
@@ -91,9 +95,12 @@ def training_step(layer: nn.Module, x: torch.Tensor, transformer: bool, causal: 
 
 
 def candidates_for(length: int, tokens: int, widths: Dict[str, int], causal: bool,
-                   chunk_sizes: Tuple[int, ...]) -> Dict[str, Tuple[nn.Module, Callable[[], None]]]:
+                   chunk_sizes: Tuple[int, ...],
+                   device: torch.device = torch.device("cpu")) -> Dict[str, Tuple[nn.Module, Callable[[], None]]]:
+    """{name: (layer, its training step)} for the transformer and every Mega variant, on
+    ``device`` (the input is drawn on the CPU, so it is the same on every device)."""
     batch = max(1, tokens // length)
-    x = torch.randn(length, batch, widths["embed"])
+    x = torch.randn(length, batch, widths["embed"]).to(device)
     layers = {"transformer": (build_transformer_layer(widths, causal), True),
               "mega (full)": (build_mega_layer(widths, causal, -1, length), False)}
     for chunk in chunk_sizes:
@@ -101,13 +108,14 @@ def candidates_for(length: int, tokens: int, widths: Dict[str, int], causal: boo
             layers[f"mega (chunk {chunk})"] = (build_mega_layer(widths, causal, chunk, length), False)
     out = {}
     for name, (layer, is_transformer) in layers.items():
-        layer.train()
+        layer.to(device).train()
         out[name] = (layer, training_step(layer, x, is_transformer, causal))
     return out
 
 
 def run(options: SectionOptions) -> SectionResult:
     torch.manual_seed(0)
+    device = torch.device(options.device)
     widths = layer_widths(options.quick)
     lengths = QUICK_LENGTHS if options.quick else FULL_LENGTHS
     tokens = QUICK_TOKENS if options.quick else FULL_TOKENS
@@ -119,10 +127,14 @@ def run(options: SectionOptions) -> SectionResult:
         f"hidden {widths['hdim']}, FFN {widths['ffn_mega']}, EMA dims {widths['ndim']}; transformer: "
         f"embed {widths['embed']}, {widths['heads']} heads, FFN {widths['ffn_transformer']}, pre-norm"
     )
+    if device.type != "cpu":
+        result.notes.append(f"device: {describe_device(device)}; times after torch.cuda.synchronize, "
+                            "peak memory from torch.cuda.max_memory_allocated")
     jobs = [(causal, length) for causal in (False, True) for length in lengths]
     for causal, length in tqdm(jobs, desc="layer scaling", disable=not options.progress):
-        candidates = candidates_for(length, tokens, widths, causal, chunk_sizes)
-        measured = compare({name: step for name, (_, step) in candidates.items()}, options.repeats)
+        candidates = candidates_for(length, tokens, widths, causal, chunk_sizes, device)
+        measured = compare({name: step for name, (_, step) in candidates.items()}, options.repeats,
+                           device=device)
         baseline = measured["transformer"]
         for name, measurement in measured.items():
             layer, step = candidates[name]
@@ -136,6 +148,14 @@ def run(options: SectionOptions) -> SectionResult:
             ))
     result.targets.extend(_targets(result.rows, options.quick))
     return result
+
+
+def describe_device(device: torch.device) -> str:
+    """e.g. "cuda:0 (NVIDIA H200)"; the plain name for the CPU."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(device)
 
 
 def _row(rows: List[dict], side: str, model: str, length: int) -> Optional[dict]:

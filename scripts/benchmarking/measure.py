@@ -10,6 +10,12 @@ under ``torch.profiler`` with ``profile_memory``, every operator's net allocatio
 every allocation or free outside an operator) is added up in time order, and the
 largest running total is the peak. It is exact at operator granularity: memory an
 operator allocates and frees again internally is not seen.
+
+On a CUDA device (``device=`` a CUDA device) the device is synchronised before a timer
+starts and before it stops (kernels run asynchronously), and peak memory is the CUDA
+caching allocator's own peak (``torch.cuda.max_memory_allocated`` after
+``torch.cuda.reset_peak_memory_stats``) above what was allocated before the call; that
+one is exact at allocation granularity.
 """
 
 import gc
@@ -19,8 +25,42 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 
-def peak_memory_mib(fn: Callable[[], object]) -> float:
-    """MiB of tensor memory live at the worst moment of ``fn()``, above what was live before."""
+def is_cuda(device) -> bool:
+    """Whether ``device`` (None, a name such as "cuda:1", or a torch.device) is a CUDA device."""
+    if device is None:
+        return False
+    import torch
+
+    return torch.device(device).type == "cuda"
+
+
+def synchronize(device=None) -> None:
+    """Waits for the kernels queued on a CUDA ``device``; nothing for the CPU (or None)."""
+    if is_cuda(device):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def cuda_peak_memory_mib(fn: Callable[[], object], device) -> float:
+    """MiB of CUDA memory allocated at the worst moment of ``fn()`` on ``device``, above what
+    was allocated before (the caching allocator's peak, not what it reserved)."""
+    import torch
+
+    gc.collect()
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
+
+
+def peak_memory_mib(fn: Callable[[], object], device=None) -> float:
+    """MiB of tensor memory live at the worst moment of ``fn()``, above what was live before
+    (CPU: from the profiler's allocation records; CUDA: see :func:`cuda_peak_memory_mib`)."""
+    if is_cuda(device):
+        return cuda_peak_memory_mib(fn, device)
     from torch.profiler import ProfilerActivity, profile
 
     gc.collect()
@@ -33,9 +73,12 @@ def peak_memory_mib(fn: Callable[[], object]) -> float:
     return peak / 2 ** 20
 
 
-def seconds(fn: Callable[[], object]) -> float:
+def seconds(fn: Callable[[], object], device=None) -> float:
+    """Wall time of ``fn()``; on a CUDA device including the kernels it queued."""
+    synchronize(device)
     start = time.perf_counter()
     fn()
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -53,22 +96,24 @@ class Measurement:
 
 
 def compare(candidates: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
-            memory: bool = True) -> Dict[str, Measurement]:
+            memory: bool = True, device=None) -> Dict[str, Measurement]:
     """Time every candidate ``repeats`` times, alternating them (rotated order per
     repetition), after ``warmup`` untimed calls each; then measure each one's peak memory
-    once. Returns {name: Measurement}."""
+    once. ``device``: where the candidates run (None or CPU: as always; CUDA: synchronised
+    timing, the CUDA allocator's peak). Returns {name: Measurement}."""
     names = list(candidates)
     results = {name: Measurement() for name in names}
     for _ in range(warmup):
         for name in names:
             candidates[name]()
+    synchronize(device)
     for repetition in range(repeats):
         shift = repetition % len(names)
         for name in names[shift:] + names[:shift]:
-            results[name].times.append(seconds(candidates[name]))
+            results[name].times.append(seconds(candidates[name], device))
     if memory:
         for name in names:
-            results[name].peak_mib = peak_memory_mib(candidates[name])
+            results[name].peak_mib = peak_memory_mib(candidates[name], device)
     return results
 
 

@@ -8,12 +8,15 @@ from typing import List, Optional
 @dataclass
 class SectionOptions:
     """quick: tiny sizes and one repetition (the CI smoke run); repeats: timed repetitions
-    per candidate; work_dir: scratch space (data, checkpoints); progress: show tqdm bars."""
+    per candidate; work_dir: scratch space (data, checkpoints); progress: show tqdm bars;
+    device: the torch device the "layer" section runs on ("cpu", "cuda", "cuda:1"; the other
+    sections run on the CPU only)."""
 
     quick: bool
     repeats: int
     work_dir: Path
     progress: bool = True
+    device: str = "cpu"
 
 
 @dataclass
