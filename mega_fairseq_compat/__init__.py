@@ -28,6 +28,8 @@ The fixes (one module each):
   ``--bf16``, ``--memory-efficient-bf16`` and ``--amp`` on the CPU (training and the
   inference scripts), bf16 without an implied ``--tpu``, and one-line errors for
   contradictory or unsupported precision requests.
+* :mod:`~mega_fairseq_compat.background_batches` -- the batch-prefetching thread stops
+  before the interpreter exits, so a finished run no longer aborts at exit.
 """
 
 from mega_fairseq_compat.hook import install, is_installed

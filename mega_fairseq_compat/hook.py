@@ -46,6 +46,12 @@ def _after_distributed_fairseq_model() -> None:
     distributed.apply()
 
 
+def _after_iterators() -> None:
+    from mega_fairseq_compat import background_batches
+
+    background_batches.apply()
+
+
 def _mixed_precision(fix_name: str, *args) -> Fix:
     """A fix of :mod:`mega_fairseq_compat.mixed_precision` (imported only when it runs)."""
 
@@ -72,6 +78,7 @@ AFTER_IMPORT: Dict[str, List[Fix]] = {
     "fairseq.utils": [_after_fairseq_utils],
     "fairseq.modules.transformer_layer": [_after_transformer_layer],
     "fairseq.models.distributed_fairseq_model": [_after_distributed_fairseq_model],
+    "fairseq.data.iterators": [_after_iterators],
     # mixed precision (--fp16/--bf16/--amp) on the CPU and clear errors for bad combinations
     "fairseq.options": [_mixed_precision("apply_options")],
     "fairseq.optim.fp16_optimizer": [_mixed_precision("apply_fp16_optimizer")],

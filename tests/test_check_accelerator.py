@@ -400,12 +400,14 @@ README_DRY_RUN = ["bash", "scripts/check_accelerator.sh", "--dry-run"]
 
 
 @pytest.mark.slow
-def test_dry_run_end_to_end(tmp_path):
-    """The README's dry-run command; its pytest step runs only this file's device tests."""
-    out = tmp_path / "check"
-    environment = dict(os.environ, OUT_DIR=str(out), MEGA_FAIRSEQ_PYTHON=sys.executable,
-                       ACCELERATOR_CHECK_TESTS="tests/test_check_accelerator.py")
-    completed = subprocess.run(README_DRY_RUN, cwd=REPO, capture_output=True, text=True, timeout=900,
+def test_dry_run_end_to_end():
+    """The README's dry-run command exactly as written, from the repository root with its
+    defaults (the .venv, OUT_DIR work-dirs/accelerator_check, the whole device subset)."""
+    out = REPO / "work-dirs" / "accelerator_check"
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("OUT_DIR", "MEGA_FAIRSEQ_PYTHON", "ACCELERATOR_CHECK_TESTS",
+                                   "MAX_UPDATE", "LOSS_TOLERANCE", "MEGA_FAIRSEQ_TEST_DEVICE")}
+    completed = subprocess.run(README_DRY_RUN, cwd=REPO, capture_output=True, text=True, timeout=1200,
                                env=environment)
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output[-6000:]
@@ -418,7 +420,7 @@ def test_dry_run_end_to_end(tmp_path):
     assert report["device"]["type"] == "cpu"
     tests = report["pytest"]
     assert "-m device --device cpu" in tests["command"] and "cuda" not in tests["command"]
-    assert tests["passed"] == 2 and tests["failed"] == 0 and tests["errors"] == 0
+    assert tests["passed"] >= 100 and tests["failed"] == 0 and tests["errors"] == 0
     runs = report["training"]
     assert [(r["task"], r["flag"]) for r in runs] == [
         (task, flag) for task in ("lm", "mt") for flag in ("(none)", "--fp16", "--bf16", "--amp")]
@@ -432,7 +434,7 @@ def test_dry_run_end_to_end(tmp_path):
     assert bench["length"] == 64 and all(row["speedup"] > 0 and row["memory"] > 0 for row in bench["rows"])
 
     markdown = (out / "accelerator_check.md").read_text()
-    assert "Verdict: **passed**" in markdown and "2 passed, 0 failed" in markdown
+    assert "Verdict: **passed**" in markdown and f"{tests['passed']} passed, 0 failed" in markdown
     for flag in ("--fp16", "--bf16", "--amp"):
         assert markdown.count(f"| {flag} |") == 2  # one row per task
     assert "| encoder | mega (chunk 16) |" in markdown and "| decoder | mega (chunk 16) |" in markdown

@@ -176,3 +176,34 @@ def test_numpy2_compat_long_for_fairseq_datasets():
     dictionary = Dictionary()
     pairs = LanguagePairDataset(tokens, np.array([3, 2]), dictionary, tokens, np.array([3, 2]), dictionary)
     assert pairs.num_tokens_vec(np.array([0, 1])).tolist() == [3, 2]
+
+
+def test_batch_prefetching_thread_stops_before_exit():
+    """Fix 15: fairseq's prefetching thread hands over the same batches, then stops once the
+    interpreter exits instead of running on into its teardown (which aborted finished runs
+    with 'terminate called without an active exception')."""
+    out = python_snippet(textwrap.dedent("""
+        import itertools, time
+        from fairseq.data import iterators
+        from mega_fairseq_compat import background_batches
+        print(getattr(iterators.BackgroundConsumer.run, "_mega_fairseq_stoppable", False))
+        finite = iterators.BufferedIterator(2, list(range(7)))
+        print(list(finite) == list(range(7)))
+
+        class Endless:
+            def __len__(self):
+                return 10 ** 9
+            def __iter__(self):
+                for i in itertools.count():
+                    time.sleep(0.01)
+                    yield i
+
+        endless = iterators.BufferedIterator(3, Endless())
+        print([next(endless) for _ in range(5)] == list(range(5)))
+        time.sleep(0.2)  # the queue is full: the thread waits to put the next batch
+        consumer = endless._consumer
+        print(consumer.is_alive())
+        background_batches._stop_consumers()  # what atexit runs
+        print(consumer.is_alive())
+    """)).stdout.split()
+    assert out == ["True", "True", "True", "True", "False"]
