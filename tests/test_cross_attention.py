@@ -241,3 +241,43 @@ def test_bfloat16_close_to_float32(attention_activation):
     low, _ = module.to(torch.bfloat16)(query.bfloat16(), key.bfloat16(), key_padding_mask=mask)
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), expected, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("prenorm", [True, False])
+@pytest.mark.parametrize("norm_type", ["batchnorm", "syncbatchnorm"])
+def test_padded_target_positions_stay_out_of_batch_norm_statistics(norm_type, prenorm):
+    """In training mode a batch norm's statistics must come from real target positions only:
+    what sits at padded target positions cannot change the outputs at real ones (without
+    the query padding mask, padding moved real outputs by about 6e-4)."""
+    module = make_module(norm_type=norm_type, prenorm=prenorm).train()
+    query, key, source_mask = random_inputs()
+    target_mask = padding_mask((5, 3, 1), 5)
+    other = query.masked_fill(target_mask.t().unsqueeze(-1), 50.0)
+    out, _ = module(query, key, key_padding_mask=source_mask, query_padding_mask=target_mask)
+    out_other, _ = module(other, key, key_padding_mask=source_mask, query_padding_mask=target_mask)
+    real = ~target_mask.t()
+    torch.testing.assert_close(out_other[real], out[real])
+    # and the padded values do matter without the mask, so the check above can fail
+    unmasked, _ = module(other, key, key_padding_mask=source_mask)
+    assert (unmasked[real] - out[real]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("attention_activation", ATTENTION_ACTIVATIONS)
+def test_source_of_only_padding_attends_to_nothing(attention_activation):
+    """A batch row whose source is all padding gets zero attention weights and finite
+    outputs (softmax gave NaN there); the other rows are unchanged."""
+    module = make_module(attention_activation)
+    query, key, _ = random_inputs(lengths=(7, 4, 2))
+    mask = padding_mask((7, 0, 2), 7)
+    out, weights = module(query, key, key_padding_mask=mask, need_weights=True)
+    assert torch.isfinite(out).all()
+    assert torch.all(weights[1] == 0)
+    for b, n in ((0, 7), (2, 2)):
+        alone, _ = module(query[:, b:b + 1], key[:n, b:b + 1])
+        torch.testing.assert_close(out[:, b:b + 1], alone)
+    # the output of an empty row is what attending to nothing gives: the gated residual
+    # of h = act(W_h 0 + b_h)
+    x = module.norm(query[:, 1:2]) if module.prenorm else query[:, 1:2]
+    u = torch.sigmoid(module.q_proj(x)[..., :C])
+    h = module.activation(module.h_proj(torch.zeros_like(x)))
+    torch.testing.assert_close(out[:, 1:2], query[:, 1:2] + u * (h - query[:, 1:2]))

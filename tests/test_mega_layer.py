@@ -87,3 +87,21 @@ def test_decoder_block_left_padded_source_equals_source_alone(bias, activation):
     steps = torch.cat([layer(x[t : t + 1], encoder_out=source, encoder_padding_mask=padding,
                              incremental_state=state)[0] for t in range(4)])
     torch.testing.assert_close(steps, together)
+
+
+@pytest.mark.parametrize("prenorm", [True, False])
+def test_decoder_block_batch_norm_ignores_padded_targets_in_training(prenorm):
+    """Training-mode batch norms in every sub-layer, cross-attention included, take their
+    statistics from real target positions: the values at padded ones do not reach the
+    real outputs."""
+    layer = _layer(cross_attention=True, norm_type="batchnorm", prenorm=prenorm).train()
+    target_padding = torch.tensor([[False] * 6, [False] * 3 + [True] * 3])
+    x = torch.randn(6, 2, C, dtype=torch.float64)
+    other = x.masked_fill(target_padding.t().unsqueeze(-1), 40.0)
+    encoder_out = torch.randn(5, 2, C, dtype=torch.float64)
+    encoder_padding = torch.tensor([[False] * 5, [False] * 2 + [True] * 3])
+    kwargs = dict(padding_mask=target_padding, encoder_out=encoder_out, encoder_padding_mask=encoder_padding)
+    out, _ = layer(x, **kwargs)
+    out_other, _ = layer(other, **kwargs)
+    real = ~target_padding.t()
+    torch.testing.assert_close(out_other[real], out[real])

@@ -139,9 +139,13 @@ class GatedCrossAttention(nn.Module):
         if self.attention_activation == "softmax":
             # in place: the product's backward does not need its result
             scores = scores.mul_(self.scaling).add_(bias)
-            if key_mask is not None:
-                scores = scores.masked_fill_(key_mask, float("-inf"))
-            return F.softmax(scores, dim=-1)
+            if key_mask is None:
+                return F.softmax(scores, dim=-1)
+            scores = scores.masked_fill_(key_mask, float("-inf"))
+            # a source that is all padding: finite scores, then zero weights (as self-attention)
+            no_visible_key = key_mask.all(dim=-1, keepdim=True)  # B x 1 x 1
+            scores = scores.masked_fill_(no_visible_key, 0.0)
+            return F.softmax(scores, dim=-1).masked_fill(no_visible_key, 0.0)
 
         # laplace / relu2: scores scaled by the number of real keys, no renormalisation
         if key_mask is None:
@@ -156,9 +160,11 @@ class GatedCrossAttention(nn.Module):
 
     def forward(self, query: Tensor, key: Tensor, key_padding_mask: Optional[Tensor] = None,
                 incremental_state: Optional[IncrementalState] = None,
-                need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+                need_weights: bool = False,
+                query_padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
         """query: Tq x B x C (decoder layer input); key: Tk x B x C (encoder output);
-        key_padding_mask: B x Tk (True = pad).
+        key_padding_mask: B x Tk (True = pad); query_padding_mask: B x Tq (True = pad), which
+        keeps padded target positions out of batch-norm statistics.
 
         Returns the output (Tq x B x C) and, with ``need_weights``, the attention weights
         (B x Tq x Tk, before attention dropout). With ``incremental_state``, ``query`` holds
@@ -166,7 +172,7 @@ class GatedCrossAttention(nn.Module):
         """
         tgt_len = query.size(0)
         residual = query
-        x = self.norm(query) if self.prenorm else query
+        x = self.norm(query, query_padding_mask) if self.prenorm else query
         u, r, q = torch.split(self.q_proj(x), [self.embed_dim, self.embed_dim, self.zdim], dim=-1)
         u = torch.sigmoid(u)
         r = F.silu(r)
@@ -185,7 +191,7 @@ class GatedCrossAttention(nn.Module):
         h = self.dropout(self.activation(self.h_proj(h)))
         out = torch.addcmul(residual, u, h - residual)
         if not self.prenorm:
-            out = self.norm(out)
+            out = self.norm(out, query_padding_mask)
         return out, (weights if need_weights else None)
 
     @torch.jit.unused

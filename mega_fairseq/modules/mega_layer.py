@@ -118,6 +118,7 @@ class MegaLayer(nn.Module):
                 key_padding_mask=encoder_padding_mask,
                 incremental_state=incremental_state,
                 need_weights=need_attn,
+                query_padding_mask=padding_mask,
             )
         x = self.ffn(x, padding_mask=padding_mask)
         return x, attn
