@@ -418,7 +418,7 @@ def test_initialisation():
     (dict(causal=True, bidirectional=True), "bidirectional"),
     (dict(dropout=1.0), "dropout"),
     (dict(attention_dropout=-0.1), "attention_dropout"),
-    (dict(truncation=0), "truncation"),
+    (dict(truncation=-3), "truncation"),
     (dict(max_positions=0), "max_positions"),
 ])
 def test_invalid_options_raise(options, option_name):

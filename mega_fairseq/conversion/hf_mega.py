@@ -82,6 +82,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from mega_fairseq.modules.length_options import optional_length
 from mega_fairseq.modules.mega_layer import MegaLayer, MegaLayerSettings
 
 TRANSFORMERS_REQUIREMENT = "transformers==4.40.2"
@@ -139,14 +140,10 @@ _VALID_NORM_NAME_SETS: Tuple[frozenset, ...] = (
 
 
 # -------------------------------------------------------------------- config
-def _chunk_size_or_none(chunk_size: Optional[int]) -> Optional[int]:
-    return None if chunk_size is None or chunk_size in (-1, 0) else chunk_size
-
-
 def _refusals(settings: MegaLayerSettings, allow_known_defects: bool) -> List[str]:
     """Why the port cannot reproduce ``MegaLayer(settings)`` (empty list: it can)."""
     s = settings
-    chunk = _chunk_size_or_none(s.chunk_size)
+    chunk = optional_length("chunk_size", s.chunk_size)
     reasons = []
     if s.cross_attention:
         reasons.append("cross_attention=True: cross-attention blocks are not mapped")
@@ -179,7 +176,7 @@ def hf_config_kwargs(settings: MegaLayerSettings, vocab_size: int = 16,
     if reasons:
         raise ValueError("the Hugging Face Mega port cannot express these settings: " + "; ".join(reasons))
     s = settings
-    chunk = _chunk_size_or_none(s.chunk_size)
+    chunk = optional_length("chunk_size", s.chunk_size)
     bidirectional = (not s.causal) if s.bidirectional is None else bool(s.bidirectional)
     return dict(
         vocab_size=vocab_size,

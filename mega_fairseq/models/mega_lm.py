@@ -113,7 +113,7 @@ class MegaLanguageModel(FairseqLanguageModel):
         max_target_positions = cfg.max_target_positions
         if max_target_positions is None:
             max_target_positions = tokens_per_sample if tokens_per_sample is not None else 1024
-        chunked = chunk_size_or_none(cfg.decoder_chunk_size) is not None
+        chunked = chunk_size_or_none(cfg, "decoder") is not None
         positions_unbounded = chunked or str(cfg.rel_pos_bias) == "rotary"
         if (
             not positions_unbounded

@@ -14,6 +14,7 @@ from typing import Optional
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from mega_fairseq.modules.activations import ACTIVATIONS, ATTENTION_ACTIVATIONS
+from mega_fairseq.modules.length_options import optional_length
 from mega_fairseq.modules.mega_layer import MegaLayerSettings
 from mega_fairseq.modules.relative_position import REL_POS_BIAS_TYPES
 from mega_fairseq.modules.sequence_norm import NORM_TYPES
@@ -64,7 +65,7 @@ class MegaCommonConfig(FairseqDataclass):
     )
     truncation_length: Optional[int] = field(
         default=None,
-        metadata={"help": "truncate the EMA kernel to this many steps (unset or <= 0: no truncation)"},
+        metadata={"help": "truncate the EMA kernel to this many steps (unset, 0 or -1: no truncation)"},
     )
     no_scale_embedding: bool = field(
         default=False, metadata={"help": "do not scale embeddings by sqrt(embed dim)"}
@@ -90,7 +91,7 @@ class MegaDecoderConfig(FairseqDataclass):
     decoder_layers: int = field(default=6, metadata={"help": "number of decoder layers"})
     decoder_chunk_size: int = field(
         default=-1,
-        metadata={"help": "decoder attention chunk size for linear cost (-1: no chunking)"},
+        metadata={"help": "decoder attention chunk size for linear cost (-1 or 0: no chunking)"},
     )
     share_decoder_input_output_embed: bool = field(
         default=False, metadata={"help": "share decoder input and output embeddings"}
@@ -116,21 +117,22 @@ class MegaEncoderConfig(FairseqDataclass):
     encoder_layers: int = field(default=6, metadata={"help": "number of encoder layers"})
     encoder_chunk_size: int = field(
         default=-1,
-        metadata={"help": "encoder attention chunk size for linear cost (-1: no chunking)"},
+        metadata={"help": "encoder attention chunk size for linear cost (-1 or 0: no chunking)"},
     )
     max_source_positions: Optional[int] = field(
         default=1024, metadata={"help": "maximum source length"}
     )
 
 
-def chunk_size_or_none(chunk_size: Optional[int]) -> Optional[int]:
-    return chunk_size if chunk_size is not None and chunk_size > 0 else None
+def chunk_size_or_none(cfg, side: str) -> Optional[int]:
+    """The chunk size of ``side`` ('encoder' or 'decoder'), None when not chunked."""
+    return optional_length(f"--{side}-chunk-size", getattr(cfg, f"{side}_chunk_size"))
 
 
 def relative_bias_positions(cfg, side: str, max_length: int) -> int:
     """How many positions the relative bias must cover: the chunk when chunked, else the
     longest input of that side."""
-    chunk = chunk_size_or_none(getattr(cfg, f"{side}_chunk_size"))
+    chunk = chunk_size_or_none(cfg, side)
     return chunk if chunk is not None else max_length
 
 
@@ -149,7 +151,6 @@ def layer_settings(
     encoder-decoder models; cross-attention is never chunked)."""
     if side not in ("encoder", "decoder"):
         raise ValueError(f"side must be 'encoder' or 'decoder', got {side!r}")
-    truncation = cfg.truncation_length
     return MegaLayerSettings(
         embed_dim=getattr(cfg, f"{side}_embed_dim"),
         zdim=getattr(cfg, f"{side}_z_dim"),
@@ -171,6 +172,6 @@ def layer_settings(
         rel_pos_bias=str(cfg.rel_pos_bias),
         max_positions=relative_bias_positions(cfg, side, max_length),
         cross_max_positions=cross_max_length if cross_attention else None,
-        chunk_size=getattr(cfg, f"{side}_chunk_size"),
-        truncation=truncation if truncation is not None and truncation > 0 else None,
+        chunk_size=chunk_size_or_none(cfg, side) or -1,
+        truncation=optional_length("--truncation-length", cfg.truncation_length),
     )

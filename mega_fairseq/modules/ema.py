@@ -23,6 +23,7 @@ from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor
 
 from mega_fairseq.modules.incremental import IncrementalState
+from mega_fairseq.modules.length_options import optional_length
 from mega_fairseq.modules.precision import compute_dtype, full_precision
 
 # kernels / kernel spectra kept in eval mode (different sequence lengths need different ones)
@@ -107,8 +108,8 @@ class MultiDimensionalDampedEMA(nn.Module):
         ndim: EMA dimensions N per channel.
         bidirectional: add an anti-causal EMA with its own parameters (encoders); parameters
             then have D' = 2D rows, the first D for the causal direction.
-        truncation: use only the first ``truncation`` lags of the kernel; ``None`` or <= 0
-            means the full length.
+        truncation: use only the first ``truncation`` lags of the kernel; ``None``, 0 or -1
+            means the full length (see :mod:`mega_fairseq.modules.length_options`).
 
     Parameters: delta, alpha, beta (D' x N x 1), gamma (D' x N), omega (D).
 
@@ -129,12 +130,10 @@ class MultiDimensionalDampedEMA(nn.Module):
         super().__init__()
         _check_positive_int("embed_dim", embed_dim)
         _check_positive_int("ndim", ndim)
-        if truncation is not None and (isinstance(truncation, bool) or not isinstance(truncation, int)):
-            raise ValueError(f"truncation must be an integer or None, got {truncation!r}")
         self.embed_dim = embed_dim
         self.ndim = ndim
         self.bidirectional = bool(bidirectional)
-        self.truncation = truncation if truncation is not None and truncation > 0 else None
+        self.truncation = optional_length("truncation", truncation)
         self.scale = math.sqrt(1.0 / ndim)
 
         rows = 2 * embed_dim if self.bidirectional else embed_dim

@@ -38,6 +38,7 @@ from mega_fairseq.modules.activations import (
 from mega_fairseq.modules.dropout import build_dropout
 from mega_fairseq.modules.ema import MultiDimensionalDampedEMA
 from mega_fairseq.modules.incremental import IncrementalState
+from mega_fairseq.modules.length_options import optional_length
 from mega_fairseq.modules.precision import full_precision, upcast
 from mega_fairseq.modules.relative_position import build_relative_positional_bias
 from mega_fairseq.modules.sequence_norm import SequenceNorm
@@ -97,7 +98,7 @@ class MovingAverageGatedAttention(nn.Module):
             False when causal.
         chunk_size: > 0 restricts attention to consecutive chunks of that many positions
             (linear cost); -1 or 0 (or None) attends over the whole sequence.
-        truncation: EMA kernel truncation (None: full length).
+        truncation: EMA kernel truncation (None, 0 or -1: full length).
         norm_type, prenorm, norm_affine: normalisation of the sublayer (``SequenceNorm``),
             before (pre-norm) or after (post-norm) the residual connection.
         feature_dropout: dropouts other than the attention dropout drop whole channels.
@@ -143,14 +144,8 @@ class MovingAverageGatedAttention(nn.Module):
                 "bidirectional must be False (or None) when causal=True: a bidirectional "
                 "moving average would see future tokens"
             )
-        if chunk_size is None or chunk_size in (-1, 0):
-            chunk_size = -1
-        elif not isinstance(chunk_size, int) or chunk_size < 0:
-            raise ValueError(
-                f"chunk_size must be -1 or 0 (no chunking) or a positive integer, got {chunk_size!r}"
-            )
-        if truncation is not None and (not isinstance(truncation, int) or truncation <= 0):
-            raise ValueError(f"truncation must be None or a positive integer, got {truncation!r}")
+        chunk_size = optional_length("chunk_size", chunk_size) or -1
+        truncation = optional_length("truncation", truncation)
 
         self.embed_dim = embed_dim
         self.zdim = zdim
