@@ -33,7 +33,7 @@ import sys
 import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 # precision name -> the fairseq-train flag (float32 is fairseq's default, no flag)
 PRECISIONS: Dict[str, Optional[str]] = {"fp32": None, "fp16": "--fp16", "bf16": "--bf16", "amp": "--amp"}
@@ -110,14 +110,18 @@ def _cpu_count() -> Optional[int]:
 
 # ------------------------------------------------------------------ data
 def write_copy_corpus(directory: Path, train_pairs: int, valid_pairs: int = 100, seed: int = 0,
-                      vocabulary: int = 64, lengths=(4, 24), languages=("src", "tgt")) -> Path:
-    """train/valid.<src>/<tgt>: sentences of random words whose translation is the sentence
-    itself (a task a tiny model learns quickly, so the loss falls within a few dozen updates)."""
+                      vocabulary: int = 64, lengths=(4, 24), languages=("src", "tgt"),
+                      words: Optional[Sequence[str]] = None,
+                      splits: Optional[Sequence[Tuple[str, int]]] = None) -> Path:
+    """<split>.<src>/<tgt>: sentences of random words whose translation is the sentence
+    itself (a task a tiny model learns quickly, so the loss falls within a few dozen updates).
+    ``words`` defaults to w0 .. w<vocabulary - 1>; ``splits`` to train and valid of
+    ``train_pairs`` and ``valid_pairs`` sentences."""
     rng = random.Random(seed)
-    words = [f"w{i}" for i in range(vocabulary)]
+    words = list(words) if words is not None else [f"w{i}" for i in range(vocabulary)]
     directory.mkdir(parents=True, exist_ok=True)
     source, target = languages
-    for split, count in (("train", train_pairs), ("valid", valid_pairs)):
+    for split, count in splits or (("train", train_pairs), ("valid", valid_pairs)):
         lines = [" ".join(rng.choice(words) for _ in range(rng.randint(*lengths))) + "\n" for _ in range(count)]
         (directory / f"{split}.{source}").write_text("".join(lines))
         (directory / f"{split}.{target}").write_text("".join(lines))

@@ -1,7 +1,6 @@
 """Shared fixtures: paths, the fairseq console scripts of this environment, small corpora."""
 
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BUNDLED_TEXT = REPO / "examples" / "language_model" / "data"
+SCRIPTS = REPO / "scripts"
 
 
 DEVICE_ENV = "MEGA_FAIRSEQ_TEST_DEVICE"
@@ -67,17 +67,14 @@ def python_snippet(code: str, **kwargs):
 
 
 def write_copy_corpus(directory: Path, seed: int = 0, sizes=(("train", 400), ("valid", 40), ("test", 40))):
-    """A parallel corpus whose target is the source: something a tiny model learns fast."""
-    rng = random.Random(seed)
-    vocab = [chr(ord("a") + i) for i in range(12)]
-    directory.mkdir(parents=True, exist_ok=True)
-    for split, count in sizes:
-        with open(directory / f"{split}.src", "w") as src, open(directory / f"{split}.tgt", "w") as tgt:
-            for _ in range(count):
-                words = " ".join(rng.choice(vocab) for _ in range(rng.randint(3, 8)))
-                src.write(words + "\n")
-                tgt.write(words + "\n")
-    return directory
+    """A parallel corpus whose target is the source, in 12 one-letter words: something a
+    tiny model learns fast (scripts/accelerator_check.py writes it)."""
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    from accelerator_check import write_copy_corpus as write
+
+    return write(directory, 0, 0, seed=seed, words=[chr(ord("a") + i) for i in range(12)],
+                 lengths=(3, 8), splits=sizes)
 
 
 @pytest.fixture(scope="session")

@@ -100,18 +100,19 @@ class GatedCrossAttention(nn.Module):
         self.set_incremental_state(incremental_state, _STATE_KEY, saved)
         return saved["prev_key"], saved["prev_value"], saved["prev_key_padding_mask"], start
 
-    def _position_bias(self, query_positions: Tensor, first_position: int, src_len: int,
-                       key_padding_mask: Optional[Tensor]) -> Tensor:
-        """Relative position bias, Tq x Tk, or B x Tq x Tk with a key padding mask
-        (query_positions: first_position .. first_position + Tq - 1).
+    def _position_bias(self, first_position: int, tgt_len: int, src_len: int,
+                       key_padding_mask: Optional[Tensor], device: torch.device) -> Tensor:
+        """Relative position bias of target positions first_position .. first_position +
+        Tq - 1 on the source: Tq x Tk, or B x Tq x Tk with a key padding mask.
 
         A key's position counts from the first real token of its sequence, so a left-padded
         source (fairseq's default for translation) gets the same bias as the sequence alone;
         padded keys are masked anyway and get position 0.
         """
-        key_positions = torch.arange(src_len, device=query_positions.device)
+        query_positions = torch.arange(first_position, first_position + tgt_len, device=device)
+        key_positions = torch.arange(src_len, device=device)
         # known from shapes, so the positions are never read back from their device
-        largest_position = max(src_len, first_position + query_positions.numel()) - 1
+        largest_position = max(src_len, first_position + tgt_len) - 1
         if key_padding_mask is None:
             return self.rel_pos_bias(query_positions, key_positions, largest_position)
         leading_padding = (~key_padding_mask).long().cumsum(dim=-1).eq(0).sum(dim=-1)  # B
@@ -128,12 +129,9 @@ class GatedCrossAttention(nn.Module):
 
     def _float32_attention_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor],
                                    first_query_position: int) -> Tensor:
-        tgt_len, src_len = q.size(1), k.size(1)
-        query_positions = torch.arange(first_query_position, first_query_position + tgt_len,
-                                       device=q.device)
         scores = torch.bmm(q, k.transpose(1, 2))  # B x Tq x Tk
-        bias = self._position_bias(query_positions, first_query_position, src_len,
-                                   key_padding_mask).to(scores.dtype)
+        bias = self._position_bias(first_query_position, q.size(1), k.size(1), key_padding_mask,
+                                   q.device).to(scores.dtype)
         key_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(1)  # B x 1 x Tk
 
         if self.attention_activation == "softmax":
@@ -149,7 +147,7 @@ class GatedCrossAttention(nn.Module):
 
         # laplace / relu2: scores scaled by the number of real keys, no renormalisation
         if key_mask is None:
-            num_keys = torch.full((q.size(0), 1, 1), src_len, dtype=scores.dtype, device=q.device)
+            num_keys = torch.full((q.size(0), 1, 1), k.size(1), dtype=scores.dtype, device=q.device)
         else:
             num_keys = (~key_mask).sum(dim=-1, keepdim=True).clamp(min=1).to(scores.dtype)
         scores = scores / num_keys + bias
