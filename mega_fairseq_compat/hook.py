@@ -52,6 +52,31 @@ def _after_iterators() -> None:
     background_batches.apply()
 
 
+def _after_indexed_dataset() -> None:
+    from mega_fairseq_compat import data_checks
+
+    data_checks.apply()
+
+
+def _after_fairseq() -> None:
+    from mega_fairseq_compat import user_errors
+
+    user_errors.apply()
+
+
+def _after_eval_lm() -> None:
+    from mega_fairseq_compat import eval_lm_checks
+
+    eval_lm_checks.apply()
+
+
+def _after_checkpoint_utils() -> None:
+    from mega_fairseq_compat import checkpoint_diagnosis, checkpoint_saving
+
+    checkpoint_saving.apply()
+    checkpoint_diagnosis.apply()
+
+
 def _mixed_precision(fix_name: str, *args) -> Fix:
     """A fix of :mod:`mega_fairseq_compat.mixed_precision` (imported only when it runs)."""
 
@@ -79,6 +104,7 @@ AFTER_IMPORT: Dict[str, List[Fix]] = {
     "fairseq.modules.transformer_layer": [_after_transformer_layer],
     "fairseq.models.distributed_fairseq_model": [_after_distributed_fairseq_model],
     "fairseq.data.iterators": [_after_iterators],
+    "fairseq.data.indexed_dataset": [_after_indexed_dataset],
     # mixed precision (--fp16/--bf16/--amp) on the CPU and clear errors for bad combinations
     "fairseq.options": [_mixed_precision("apply_options")],
     "fairseq.optim.fp16_optimizer": [_mixed_precision("apply_fp16_optimizer")],
@@ -91,6 +117,11 @@ AFTER_IMPORT: Dict[str, List[Fix]] = {
        for name in ("fairseq_cli.eval_lm", "fairseq_cli.generate", "fairseq_cli.validate",
                     "fairseq_cli.interactive")},
 }
+# one-line errors for uncaught user-facing exceptions; fairseq-eval-lm runs that score nothing fail
+AFTER_IMPORT.setdefault("fairseq", []).append(_after_fairseq)
+AFTER_IMPORT["fairseq_cli.eval_lm"].append(_after_eval_lm)
+# checkpoint files appear atomically; unloadable ones get an error naming the file and the problem
+AFTER_IMPORT["fairseq.checkpoint_utils"].append(_after_checkpoint_utils)
 
 
 class _PatchingLoader(importlib.abc.Loader):

@@ -69,6 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown or not sections:
         parser.error(f"--sections: unknown section(s) {unknown or args.sections!r}; choose from {', '.join(SECTIONS)}")
     args.sections = sections
+    # absolute, so the sections may run their commands in other working directories
+    args.out_dir = args.out_dir.resolve()
+    if args.work_dir is not None:
+        args.work_dir = args.work_dir.resolve()
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     if args.repeats < 1:

@@ -23,7 +23,8 @@ Output (``--out-dir``): ``{train,valid,test}.input`` (one expression per line) a
 Lengths (``--min-length``/``--max-length``) count expression tokens (fairseq-preprocess
 adds one ``</s>``).  The defaults are the LRA settings: depth up to 10, up to 10 arguments per
 operator, 500-2000 tokens, 96k/2k/2k examples.  The same ``--seed`` gives the same files;
-no expression appears twice (across all splits) unless ``--allow-duplicates``.
+no expression appears twice (across all splits) unless ``--allow-duplicates``.  The six
+files appear together once every split is complete; a failure leaves ``--out-dir`` as it was.
 """
 
 import argparse
@@ -31,7 +32,9 @@ import hashlib
 import random
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator, List, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from atomic_output import AtomicOutputs
 
 OPERATORS = ("MIN", "MAX", "MED", "SM")
 OPEN_TOKENS = {"[" + op: op for op in OPERATORS}
@@ -198,10 +201,16 @@ def iter_examples(count: int, rng: random.Random, max_depth: int, max_args: int,
         yield text, evaluate_tokens(tokens)
 
 
-def write_split(out_dir: Path, split: str, examples: Iterable[Tuple[str, int]]) -> int:
-    """Write (expression, value) pairs to ``{split}.input`` / ``{split}.label``; returns the count."""
+def write_split(out_dir: Path, split: str, examples: Iterable[Tuple[str, int]],
+                outputs: Optional[AtomicOutputs] = None) -> int:
+    """Write (expression, value) pairs to ``{split}.input`` / ``{split}.label`` (through
+    ``outputs`` when given); returns the count."""
+    if outputs is None:
+        with AtomicOutputs() as own:
+            return write_split(out_dir, split, examples, own)
     count = 0
-    with open(out_dir / f"{split}.input", "w") as inputs, open(out_dir / f"{split}.label", "w") as labels:
+    with open(outputs.path(out_dir / f"{split}.input"), "w") as inputs, \
+            open(outputs.path(out_dir / f"{split}.label"), "w") as labels:
         for text, value in examples:
             inputs.write(text + "\n")
             labels.write(f"{value}\n")
@@ -234,7 +243,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if not 0.0 <= args.branch_prob <= 1.0:
         raise SystemExit("--branch-prob must be in [0, 1]")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.train_size < 1 or min(args.valid_size, args.test_size) < 0:
+        raise SystemExit("--train-size must be at least 1 (an empty training split cannot be trained on); "
+                         "--valid-size and --test-size at least 0")
     rng = random.Random(args.seed)
     seen = None if args.allow_duplicates else set()
     sizes = [("train", args.train_size), ("valid", args.valid_size), ("test", args.test_size)]
@@ -242,22 +253,23 @@ def main(argv=None) -> None:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm comes with fairseq
         tqdm = None
-    for split, count in sizes:
-        bar = None
-        if tqdm is not None and not args.no_progress:
-            bar = tqdm(total=count, desc=f"listops {split}", unit="expr", file=sys.stderr)
-        examples = iter_examples(
-            count, rng, args.max_depth, args.max_args, args.min_length, args.max_length,
-            args.branch_prob, seen=seen, max_attempts=args.max_attempts, progress=bar,
-        )
-        try:
-            written = write_split(args.out_dir, split, examples)
-        except ValueError as error:
-            raise SystemExit(f"generate_listops: {split}: {error}")
-        finally:
-            if bar is not None:
-                bar.close()
-        print(f"{split}: {written} expressions -> {args.out_dir / (split + '.input')}", file=sys.stderr)
+    with AtomicOutputs() as outputs:
+        for split, count in sizes:
+            bar = None
+            if tqdm is not None and not args.no_progress:
+                bar = tqdm(total=count, desc=f"listops {split}", unit="expr", file=sys.stderr)
+            examples = iter_examples(
+                count, rng, args.max_depth, args.max_args, args.min_length, args.max_length,
+                args.branch_prob, seen=seen, max_attempts=args.max_attempts, progress=bar,
+            )
+            try:
+                written = write_split(args.out_dir, split, examples, outputs)
+            except ValueError as error:
+                raise SystemExit(f"generate_listops: {split}: {error}")
+            finally:
+                if bar is not None:
+                    bar.close()
+            print(f"{split}: {written} expressions -> {args.out_dir / (split + '.input')}", file=sys.stderr)
 
 
 if __name__ == "__main__":

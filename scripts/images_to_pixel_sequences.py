@@ -26,6 +26,9 @@ Output (``--out-dir``):
   error), so convert ``train`` first.  Folders named by integers are used as the ids.
 * ``{split}.input.npy`` as well with ``--npy``: the same pixels as a uint8 N x (H*W)
   array, which ``lra-image`` memory-maps instead of parsing the text (for large sets).
+
+The files of a call appear together once the whole split is converted; a failure leaves
+``--out-dir`` as it was.
 """
 
 import argparse
@@ -34,6 +37,9 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
+
+from atomic_output import AtomicOutputs
+from text_input import read_text
 
 PNM_SUFFIXES = {".pgm", ".ppm", ".pnm"}
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
@@ -179,7 +185,7 @@ def _class_ids(class_names: List[str], classes_file: Path) -> Tuple[dict, Option
     if all(name.isdigit() for name in class_names):
         return {name: int(name) for name in class_names}, None
     if classes_file.exists():
-        known = classes_file.read_text().split("\n")
+        known = read_text(classes_file).split("\n")
         known = [name for name in known if name]
         unknown = sorted(set(class_names) - set(known))
         if unknown:
@@ -190,8 +196,10 @@ def _class_ids(class_names: List[str], classes_file: Path) -> Tuple[dict, Option
     return {name: i for i, name in enumerate(ordered)}, ordered
 
 
-def load_folder(root: Path, out_dir: Path, resize=None) -> Tuple[np.ndarray, np.ndarray]:
-    """ROOT/<class>/<image> -> (N x H*W uint8 pixels, N labels); may write classes.txt."""
+def load_folder(root: Path, out_dir: Path, resize=None,
+                outputs: Optional[AtomicOutputs] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """ROOT/<class>/<image> -> (N x H*W uint8 pixels, N labels); may write classes.txt
+    (through ``outputs`` when given)."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     if not class_dirs:
         raise ValueError(f"{root}: no class sub-folders (expected ROOT/<class>/<image files>)")
@@ -203,7 +211,12 @@ def load_folder(root: Path, out_dir: Path, resize=None) -> Tuple[np.ndarray, np.
         labels.extend([ids[class_dir.name]] * len(files))
     pixels = convert_images((read_image(p) for p in paths), (str(p) for p in paths), resize)
     if new_classes is not None:
-        (out_dir / "classes.txt").write_text("".join(name + "\n" for name in new_classes))
+        text = "".join(name + "\n" for name in new_classes)
+        if outputs is None:
+            with AtomicOutputs() as own:
+                own.path(out_dir / "classes.txt").write_text(text)
+        else:
+            outputs.path(out_dir / "classes.txt").write_text(text)
     return pixels, np.asarray(labels, dtype=np.int64)
 
 
@@ -224,15 +237,21 @@ def load_npz(path: Path, resize=None) -> Tuple[np.ndarray, np.ndarray]:
     return pixels, y.astype(np.int64)
 
 
-def write_split(out_dir: Path, split: str, pixels: np.ndarray, labels: np.ndarray, npy: bool = False) -> None:
-    """Write ``{split}.input`` / ``{split}.label`` (and ``{split}.input.npy``)."""
-    with open(out_dir / f"{split}.input", "w") as handle:
+def write_split(out_dir: Path, split: str, pixels: np.ndarray, labels: np.ndarray, npy: bool = False,
+                outputs: Optional[AtomicOutputs] = None) -> None:
+    """Write ``{split}.input`` / ``{split}.label`` (and ``{split}.input.npy``), through
+    ``outputs`` when given."""
+    if outputs is None:
+        with AtomicOutputs() as own:
+            return write_split(out_dir, split, pixels, labels, npy, own)
+    with open(outputs.path(out_dir / f"{split}.input"), "w") as handle:
         for row in pixels:
             handle.write(" ".join(map(str, row.tolist())) + "\n")
-    with open(out_dir / f"{split}.label", "w") as handle:
+    with open(outputs.path(out_dir / f"{split}.label"), "w") as handle:
         handle.writelines(f"{int(label)}\n" for label in labels)
     if npy:
-        np.save(out_dir / f"{split}.input.npy", np.ascontiguousarray(pixels, dtype=np.uint8))
+        with open(outputs.path(out_dir / f"{split}.input.npy"), "wb") as handle:
+            np.save(handle, np.ascontiguousarray(pixels, dtype=np.uint8))
 
 
 def parse_args(argv=None):
@@ -248,20 +267,20 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     resize = tuple(args.resize) if args.resize else None
     if resize is not None and min(resize) <= 0:
         raise SystemExit("--resize needs positive HEIGHT and WIDTH")
-    try:
-        if args.input.is_dir():
-            pixels, labels = load_folder(args.input, args.out_dir, resize)
-        elif args.input.suffix == ".npz":
-            pixels, labels = load_npz(args.input, resize)
-        else:
-            raise ValueError(f"{args.input}: expected a folder of class sub-folders or an .npz file")
-    except (ValueError, RuntimeError, OSError) as error:
-        raise SystemExit(f"images_to_pixel_sequences: {error}")
-    write_split(args.out_dir, args.split, pixels, labels, npy=args.npy)
+    with AtomicOutputs() as outputs:
+        try:
+            if args.input.is_dir():
+                pixels, labels = load_folder(args.input, args.out_dir, resize, outputs)
+            elif args.input.suffix == ".npz":
+                pixels, labels = load_npz(args.input, resize)
+            else:
+                raise ValueError(f"{args.input}: expected a folder of class sub-folders or an .npz file")
+        except (ValueError, RuntimeError, OSError) as error:
+            raise SystemExit(f"images_to_pixel_sequences: {error}")
+        write_split(args.out_dir, args.split, pixels, labels, npy=args.npy, outputs=outputs)
     print(f"{args.split}: {len(labels)} images of {pixels.shape[1]} pixels -> {args.out_dir}", file=sys.stderr)
 
 

@@ -9,12 +9,18 @@ and bits-per-character = loss in base 2 per token.
 
 Usage:  python scripts/prepare_enwik8.py --input enwik8 --out-dir data/enwik8
         (smaller files: --train-bytes/--valid-bytes, e.g. for a quick test)
+
+The three files appear together once all are written; a failure leaves ``--out-dir`` as
+it was.
 """
 
 import argparse
 import os
+import sys
 
 from tqdm import tqdm
+
+from atomic_output import AtomicOutputs
 
 MB = 1_000_000
 
@@ -30,6 +36,9 @@ def byte_lines(data: bytes):
 
 
 def split(data: bytes, train_bytes: int, valid_bytes: int):
+    if train_bytes < 1 or valid_bytes < 1:
+        raise ValueError(f"--train-bytes ({train_bytes}) and --valid-bytes ({valid_bytes}) must be "
+                         "positive: an empty split cannot be binarised for training")
     if train_bytes + valid_bytes >= len(data):
         raise ValueError(
             f"--train-bytes {train_bytes} + --valid-bytes {valid_bytes} leave no test data "
@@ -51,13 +60,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     with open(args.input, "rb") as handle:
         data = handle.read()
-    os.makedirs(args.out_dir, exist_ok=True)
-    for name, part in split(data, args.train_bytes, args.valid_bytes).items():
-        path = os.path.join(args.out_dir, f"{name}.txt")
-        with open(path, "w", encoding="ascii") as out:
-            for line in tqdm(byte_lines(part), desc=name, unit=" lines", mininterval=2):
-                out.write(line + "\n")
-        print(f"{name}: {len(part)} bytes -> {path}")
+    try:
+        parts = split(data, args.train_bytes, args.valid_bytes)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    with AtomicOutputs() as outputs:
+        for name, part in parts.items():
+            path = os.path.join(args.out_dir, f"{name}.txt")
+            with open(outputs.path(path), "w", encoding="ascii") as out:
+                for line in tqdm(byte_lines(part), desc=name, unit=" lines", mininterval=2):
+                    out.write(line + "\n")
+    for name, part in parts.items():
+        print(f"{name}: {len(part)} bytes -> {os.path.join(args.out_dir, f'{name}.txt')}")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,10 @@ Pipeline:
 
 Outputs in ``--out-dir``: ``{train,valid,test}.{en,de}`` (UTF-8, one sentence per line, no
 empty lines, equal line counts per split) and ``stats.json`` (archives, catalogues and pairs
-per package, drops per reason, pairs and words per split, settings).
+per package, drops per reason, pairs and words per split, settings).  They appear together
+once everything succeeded; a failure leaves ``--out-dir`` as it was.  A catalogue that does
+not decode in its declared charset is skipped with a warning naming it, the line and the
+byte offset.
 
 Example::
 
@@ -76,6 +79,9 @@ import zipfile
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
+
+from atomic_output import AtomicOutputs
+from text_input import decode_bytes
 
 LOGGER = logging.getLogger("prepare_gettext_corpus")
 
@@ -389,11 +395,17 @@ def po_charset(data: bytes) -> str:
     return "utf-8"
 
 
-def decode_po_bytes(data: bytes) -> str:
-    """Text of a ``.po`` file in its declared charset (a leading BOM is dropped)."""
+def decode_po_bytes(data: bytes, name: str = "catalogue") -> str:
+    """Text of a ``.po`` file in its declared charset (a leading BOM is dropped); a
+    ``ValueError`` naming ``name`` (and the line and byte offset of an undecodable byte)
+    otherwise."""
     if data.startswith(b"\xef\xbb\xbf"):
-        return data[3:].decode("utf-8")
-    return data.decode(po_charset(data))
+        return decode_bytes(name, data, "utf-8-sig")
+    charset = po_charset(data)
+    try:
+        return decode_bytes(name, data, charset)
+    except LookupError:
+        raise ValueError(f"{name}: unknown charset {charset!r} in the header") from None
 
 
 MO_MAGIC_LITTLE = 0x950412DE
@@ -439,7 +451,7 @@ def parse_catalogue(member: str, data: bytes) -> List[CatalogueEntry]:
     """Entries of a ``.po`` or ``.mo`` archive member."""
     if member.endswith(".mo"):
         return parse_mo(data)
-    return parse_po(decode_po_bytes(data))
+    return parse_po(decode_po_bytes(data, member))
 
 
 def entry_pairs(entry: CatalogueEntry) -> List[Tuple[str, str]]:
@@ -746,12 +758,12 @@ def collect_corpus(archives: Dict[str, str], settings: FilterSettings):
     return all_pairs, package_stats, first_package, drops
 
 
-def write_split_files(out_dir: str, splits: Dict[str, List[Tuple[str, str]]]):
-    """Write ``{split}.en`` / ``{split}.de``, one sentence per line."""
-    os.makedirs(out_dir, exist_ok=True)
+def write_split_files(out_dir: str, splits: Dict[str, List[Tuple[str, str]]], outputs: AtomicOutputs):
+    """Write ``{split}.en`` / ``{split}.de``, one sentence per line, through ``outputs``."""
     for name, pairs in splits.items():
         for index, language in enumerate(LANGUAGES):
-            with open(os.path.join(out_dir, f"{name}.{language}"), "w", encoding="utf-8", newline="\n") as handle:
+            path = outputs.path(os.path.join(out_dir, f"{name}.{language}"))
+            with open(path, "w", encoding="utf-8", newline="\n") as handle:
                 for pair in pairs:
                     line = pair[index]
                     assert line and "\n" not in line and "\r" not in line, repr(line)
@@ -783,24 +795,25 @@ def build_corpus(args) -> dict:
     valid_size = args.valid_size if args.valid_size is not None else default_split_size(len(corpus))
     test_size = args.test_size if args.test_size is not None else default_split_size(len(corpus))
     splits = split_pairs(corpus, valid_size, test_size, args.seed)
-    write_split_files(args.out_dir, splits)
-    kept_per_package = collections.Counter(first_package[english] for english, _ in corpus)
-    for spec, stats in package_stats.items():
-        stats["pairs_in_corpus"] = kept_per_package.get(spec, 0)
-    stats = {
-        "packages": package_stats,
-        "pairs_before_deduplication": len(all_pairs),
-        "pairs": len(corpus),
-        "splits": split_statistics(splits, first_package),
-        "dropped": dict(sorted(drops.items())),
-        "settings": {"packages": list(args.packages), "seed": args.seed, "valid_size": valid_size,
-                     "test_size": test_size, **dataclasses.asdict(settings),
-                     "accepted_locales": sorted(ACCEPTED_LOCALES)},
-        "seconds": round(time.time() - started, 1),
-    }
-    with open(os.path.join(args.out_dir, "stats.json"), "w", encoding="utf-8") as handle:
-        json.dump(stats, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
+    with AtomicOutputs() as outputs:  # the split files and stats.json, or none
+        write_split_files(args.out_dir, splits, outputs)
+        kept_per_package = collections.Counter(first_package[english] for english, _ in corpus)
+        for spec, stats in package_stats.items():
+            stats["pairs_in_corpus"] = kept_per_package.get(spec, 0)
+        stats = {
+            "packages": package_stats,
+            "pairs_before_deduplication": len(all_pairs),
+            "pairs": len(corpus),
+            "splits": split_statistics(splits, first_package),
+            "dropped": dict(sorted(drops.items())),
+            "settings": {"packages": list(args.packages), "seed": args.seed, "valid_size": valid_size,
+                         "test_size": test_size, **dataclasses.asdict(settings),
+                         "accepted_locales": sorted(ACCEPTED_LOCALES)},
+            "seconds": round(time.time() - started, 1),
+        }
+        with open(outputs.path(os.path.join(args.out_dir, "stats.json")), "w", encoding="utf-8") as handle:
+            json.dump(stats, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
     return stats
 
 

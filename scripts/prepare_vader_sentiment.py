@@ -46,6 +46,9 @@ Output (``--out-dir``), line-aligned per split:
     stats.json                   counts per split / label / source, majority-class
                                  baseline accuracy, the sdist's sha256
 
+All of them appear together once everything succeeded; an error (a ground-truth file that
+is not UTF-8 is named with its line and byte offset) leaves ``--out-dir`` as it was.
+
     python scripts/prepare_vader_sentiment.py --out-dir work/vader/text
 """
 
@@ -67,6 +70,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from tqdm import tqdm
+
+from atomic_output import AtomicOutputs
+from text_input import decode_bytes
 
 logger = logging.getLogger("prepare_vader_sentiment")
 
@@ -177,11 +183,7 @@ def read_ground_truth_files(sdist: Path) -> Dict[str, bytes]:
 
 def parse_ground_truth(name: str, content: bytes, source: str, lowercase: bool = True) -> List[Sentence]:
     """Sentences of one ``id<TAB>rating<TAB>text`` file; DataError naming the line otherwise."""
-    try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = content[: error.start].count(b"\n") + 1
-        raise DataError(f"{name}, line {line}: not UTF-8 ({error.reason})") from error
+    text = decode_bytes(name, content, "utf-8-sig")
     sentences = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -265,13 +267,13 @@ def statistics(splits: Dict[str, List[Sentence]]) -> dict:
     return stats
 
 
-def write_splits(splits: Dict[str, List[Sentence]], out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def write_splits(splits: Dict[str, List[Sentence]], out_dir: Path, outputs: AtomicOutputs) -> None:
+    """The four files of every split, written through ``outputs``."""
     for split, items in splits.items():
-        with open(out_dir / f"{split}.input0", "w", encoding="utf-8") as input0, \
-                open(out_dir / f"{split}.label", "w", encoding="utf-8") as label, \
-                open(out_dir / f"{split}.target", "w", encoding="utf-8") as target, \
-                open(out_dir / f"{split}.meta.tsv", "w", encoding="utf-8") as meta:
+        with open(outputs.path(out_dir / f"{split}.input0"), "w", encoding="utf-8") as input0, \
+                open(outputs.path(out_dir / f"{split}.label"), "w", encoding="utf-8") as label, \
+                open(outputs.path(out_dir / f"{split}.target"), "w", encoding="utf-8") as target, \
+                open(outputs.path(out_dir / f"{split}.meta.tsv"), "w", encoding="utf-8") as meta:
             for s in items:
                 input0.write(s.tokens + "\n")
                 label.write(label_of(s.rating) + "\n")
@@ -304,19 +306,20 @@ def prepare(sdist: Path, out_dir: Path, neutral_threshold: float = 0.5, valid_fr
         kept = random.Random(seed).sample(kept, limit)
         logger.info("--limit: kept a random %d", limit)
     splits = split_sentences(kept, valid_fraction, test_fraction, seed)
-    write_splits(splits, out_dir)
-    stats = statistics(splits)
-    stats.update({
-        "sdist": sdist.name,
-        "sdist_sha256": hashlib.sha256(sdist.read_bytes()).hexdigest(),
-        "sentences_read": total,
-        "after_merging_duplicates": len(merged),
-        "neutral_threshold": neutral_threshold,
-        "kept": len(kept),
-        "lowercase": lowercase,
-        "seed": seed,
-    })
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+    with AtomicOutputs() as outputs:  # every split file and stats.json, or none
+        write_splits(splits, out_dir, outputs)
+        stats = statistics(splits)
+        stats.update({
+            "sdist": sdist.name,
+            "sdist_sha256": hashlib.sha256(sdist.read_bytes()).hexdigest(),
+            "sentences_read": total,
+            "after_merging_duplicates": len(merged),
+            "neutral_threshold": neutral_threshold,
+            "kept": len(kept),
+            "lowercase": lowercase,
+            "seed": seed,
+        })
+        outputs.path(out_dir / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     for split in SPLITS:
         s = stats[split]
         logger.info("%s: %d sentences %s, majority-class accuracy %.1f%%", split, s["sentences"],

@@ -11,8 +11,9 @@ Extracted, it holds (among others) these files, all Moses-tokenised with BPE app
     newstest2014.tok.bpe.32000.{en,de}    test
     bpe.32000, vocab.bpe.32000            BPE codes and vocabulary (not needed here)
 
-The script checks that the six text files exist and that every en/de pair has the same
-number of lines, then runs ``fairseq-preprocess --source-lang en --target-lang de
+The script checks that the six text files exist, are UTF-8 (a bad byte is reported with
+its file, line and byte offset) and that every en/de pair has the same number of lines,
+then runs ``fairseq-preprocess --source-lang en --target-lang de
 --joined-dictionary`` (the console script of this Python environment) into ``--destdir``
 and prints the next commands (training, generation, scoring).
 
@@ -31,6 +32,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from atomic_output import AtomicOutputs
+from text_input import TextDecodeError, check_text, iter_lines
 
 SRC, TGT = "en", "de"
 SPLIT_PREFIXES = {
@@ -65,29 +69,38 @@ def extract_tarball(tarball: Path, text_dir: Path) -> None:
     """Extract the data files of Google's tarball into ``text_dir`` (flat, by base name).
 
     Only the six parallel files and the two BPE files are written, wherever they sit in
-    the archive (top level, as in the released tarball, or under one folder).
+    the archive (top level, as in the released tarball, or under one folder); all of them
+    or, when the archive cannot be read to its end, none.
     """
     if not tarball.is_file():
         raise DataError(f"tarball not found: {tarball}")
+    try:
+        _extract_members(tarball, text_dir)
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise DataError(f"{tarball}: extraction failed ({error}); no file was extracted") from None
+
+
+def _extract_members(tarball: Path, text_dir: Path) -> None:
+    """The extraction of :func:`extract_tarball`: every file written, or none."""
     wanted = set(required_files()) | set(BPE_FILES)
-    text_dir.mkdir(parents=True, exist_ok=True)
     found = set()
-    with tarfile.open(tarball, "r:*") as archive:
+    with AtomicOutputs() as outputs, tarfile.open(tarball, "r:*") as archive:
         for member in archive:
             name = os.path.basename(member.name)
             if not member.isfile() or name not in wanted or name in found:
                 continue
             source = archive.extractfile(member)
-            with open(text_dir / name, "wb") as out:
+            with open(outputs.path(text_dir / name), "wb") as out:
                 while True:
                     block = source.read(1 << 20)
                     if not block:
                         break
                     out.write(block)
             found.add(name)
-            print(f"extracted {name} -> {text_dir / name}")
-    if not found:
-        raise DataError(f"{tarball} holds none of the expected files ({', '.join(sorted(wanted))})")
+        if not found:
+            raise DataError(f"{tarball} holds none of the expected files ({', '.join(sorted(wanted))})")
+    for name in sorted(found):
+        print(f"extracted {name} -> {text_dir / name}")
 
 
 def count_lines(path: Path) -> int:
@@ -114,6 +127,11 @@ def check_files(text_dir: Path) -> Dict[str, int]:
             f"missing file(s) in {text_dir}: {', '.join(missing)} "
             f"(expected Google's WMT'16 En-De layout: {', '.join(required_files())})"
         )
+    for name in required_files():
+        try:
+            check_text(text_dir / name)
+        except TextDecodeError as error:
+            raise DataError(str(error)) from None
     counts = {}
     for split, prefix in SPLIT_PREFIXES.items():
         src_n = count_lines(text_dir / f"{prefix}.{SRC}")
@@ -136,9 +154,8 @@ def check_files(text_dir: Path) -> Dict[str, int]:
 def write_slice(text_dir: Path, out_dir: Path, max_lines: int) -> None:
     """Copy the first ``max_lines`` lines of every parallel file into ``out_dir``."""
     for name in required_files():
-        with open(text_dir / name, encoding="utf-8") as src, \
-                open(out_dir / name, "w", encoding="utf-8") as out:
-            for index, line in enumerate(src):
+        with open(out_dir / name, "w", encoding="utf-8") as out:
+            for index, line in enumerate(iter_lines(text_dir / name)):
                 if index >= max_lines:
                     break
                 out.write(line if line.endswith("\n") else line + "\n")

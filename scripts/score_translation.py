@@ -30,6 +30,9 @@ from typing import Dict, List, Optional, Tuple
 
 from sacrebleu.metrics import BLEU
 
+from atomic_output import AtomicOutputs
+from text_input import TextDecodeError, read_text
+
 COMPOUND_HYPHEN = re.compile(r"(\S)-(\S)")
 BPE_SYMBOL = "@@ "
 GENERATE_SUMMARY = re.compile(r"^Generate \S+ with beam=\d+: (.*)$")
@@ -53,10 +56,11 @@ def split_compounds(line: str) -> str:
 def read_lines(path: str) -> List[str]:
     """Lines of a UTF-8 text file without their line ends."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read().splitlines()
+        return read_text(path).splitlines()
     except FileNotFoundError:
         raise ScoringError(f"file not found: {path}") from None
+    except TextDecodeError as error:
+        raise ScoringError(str(error)) from None
 
 
 def _parse_id(tag: str, line_number: int, path: str) -> int:
@@ -261,7 +265,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     print(report(result))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
+        with AtomicOutputs() as outputs, open(outputs.path(args.json), "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2, ensure_ascii=False)
             handle.write("\n")
     return 0

@@ -26,14 +26,21 @@ Subcommands:
 
 Uses the ``sentencepiece`` Python package (``SentencePieceTrainer.train``); the ``spm_train``
 command-line tool is not needed.
+
+Inputs must be UTF-8: a file that is not stops the command with its name, line and byte
+offset (sentencepiece itself would train on it silently).  ``encode`` and ``decode`` write
+all-or-nothing: the ``--outputs`` files appear only when every pair succeeded.
 """
 
 import argparse
 import os
 import sys
-from typing import Iterator, List, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import sentencepiece
+
+from atomic_output import AtomicOutputs
+from text_input import check_text, iter_lines
 
 ENCODE_BATCH_LINES = 10000
 
@@ -41,13 +48,12 @@ ENCODE_BATCH_LINES = 10000
 def read_lines(path: str) -> Iterator[str]:
     """Lines of a UTF-8 file without their terminator, split on ``\\n`` only (a Unicode line
     separator inside a line stays inside it); a final line without ``\\n`` counts too."""
-    with open(path, encoding="utf-8", newline="\n") as handle:
-        for line in handle:
-            if line.endswith("\n"):
-                line = line[:-1]
-            if line.endswith("\r"):
-                line = line[:-1]
-            yield line
+    for line in iter_lines(path, newline="\n"):
+        if line.endswith("\n"):
+            line = line[:-1]
+        if line.endswith("\r"):
+            line = line[:-1]
+        yield line
 
 
 def count_lines(path: str) -> int:
@@ -59,10 +65,12 @@ def learn(inputs: Sequence[str], model_prefix: str, vocab_size: int, model_type:
           character_coverage: float = 1.0, seed: int = 1, input_sentence_size: int = 0,
           normalization_rule_name: str = "nmt_nfkc", hard_vocab_limit: bool = True,
           verbose: bool = False) -> str:
-    """Train a joint model on all ``inputs``; returns the path of the ``.model`` file."""
+    """Train a joint model on all ``inputs``; returns the path of the ``.model`` file.
+    Every input is checked to be UTF-8 first (sentencepiece would train on it silently)."""
     for path in inputs:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"input file {path} does not exist")
+        check_text(path)
     directory = os.path.dirname(model_prefix)
     if directory:
         os.makedirs(directory, exist_ok=True)
@@ -110,14 +118,18 @@ def batched(lines: Iterator[str], size: int) -> Iterator[List[str]]:
         yield batch
 
 
-def transform_file(processor, transform, input_path: str, output_path: str) -> int:
+def transform_file(processor, transform, input_path: str, output_path: str,
+                   write_path: Optional[str] = None) -> int:
     """Apply ``transform`` (encode_lines or decode_lines) to every line of ``input_path``,
-    writing ``output_path``; returns the line count after checking both files agree."""
-    directory = os.path.dirname(output_path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
+    writing ``output_path`` (or ``write_path``, a temporary file standing for it); returns
+    the line count after checking both files agree."""
+    if write_path is None:
+        directory = os.path.dirname(output_path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        write_path = output_path
     written = 0
-    with open(output_path, "w", encoding="utf-8", newline="\n") as out:
+    with open(write_path, "w", encoding="utf-8", newline="\n") as out:
         for batch in batched(read_lines(input_path), ENCODE_BATCH_LINES):
             results = transform(processor, batch)
             if len(results) != len(batch):
@@ -127,7 +139,7 @@ def transform_file(processor, transform, input_path: str, output_path: str) -> i
                     raise RuntimeError(f"{input_path}: a result contains a line break: {line!r}")
                 out.write(line + "\n")
             written += len(results)
-    expected, actual = count_lines(input_path), count_lines(output_path)
+    expected, actual = count_lines(input_path), count_lines(write_path)
     if not expected == written == actual:
         raise RuntimeError(f"line count mismatch: {input_path} has {expected} lines, "
                            f"{output_path} has {actual} ({written} written)")
@@ -135,13 +147,16 @@ def transform_file(processor, transform, input_path: str, output_path: str) -> i
 
 
 def transform_files(model: str, inputs: Sequence[str], outputs: Sequence[str], transform) -> List[int]:
-    """Apply ``transform`` to every input/output pair with one loaded model."""
+    """Apply ``transform`` to every input/output pair with one loaded model; the outputs
+    are replaced together once every pair succeeded."""
     if len(inputs) != len(outputs):
         raise ValueError(f"{len(inputs)} --inputs but {len(outputs)} --outputs: give one output per input")
     if any(os.path.abspath(i) == os.path.abspath(o) for i, o in zip(inputs, outputs)):
         raise ValueError("an output file is also an input file")
     processor = load_model(model)
-    return [transform_file(processor, transform, i, o) for i, o in zip(inputs, outputs)]
+    with AtomicOutputs() as atomic:
+        return [transform_file(processor, transform, i, o, str(atomic.path(o)))
+                for i, o in zip(inputs, outputs)]
 
 
 def parse_args(argv=None):

@@ -131,12 +131,13 @@ def test_better_transformer_fast_path_disabled_after_load():
     torch.testing.assert_close(before, after)
 
 
-def test_cpu_ddp_wrapper_drops_gpu_arguments():
+def test_cpu_ddp_wrapper_drops_gpu_arguments(tmp_path):
     """fairseq passes device_ids to DDP even on CPU; the patched class ignores them there."""
+    # a file store in this test's folder: no TCP port is needed
+    store = (tmp_path / "store").as_uri()
     code = textwrap.dedent("""
         import os, torch, torch.distributed as dist
-        os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='29533')
-        dist.init_process_group('gloo', rank=0, world_size=1)
+        dist.init_process_group('gloo', init_method=%r, rank=0, world_size=1)
         from fairseq.models import distributed_fairseq_model as dfm
         from argparse import Namespace
         args = Namespace(tpu=False, ddp_backend='pytorch_ddp', device_id=0, broadcast_buffers=False,
@@ -145,7 +146,7 @@ def test_cpu_ddp_wrapper_drops_gpu_arguments():
         model = dfm.DistributedFairseqModel(args, torch.nn.Linear(3, 2), None, torch.device('cpu'))
         out = model(torch.ones(4, 3)).sum(); out.backward()
         print(type(dfm.DistributedDataParallel).__name__, dfm.DistributedDataParallel.__name__)
-    """)
+    """) % store
     out = python_snippet(code).stdout
     assert "CpuAwareDistributedDataParallel" in out
 

@@ -13,7 +13,6 @@ another order than gradient accumulation does).
 
 import json
 import re
-import socket
 import sys
 
 import pytest
@@ -42,15 +41,11 @@ LOG_TOLERANCE = 1.01e-3
 PARAM_TOLERANCE = 1e-5
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _torchrun(*args):
-    return [console_script("torchrun"), "--nnodes", "1", "--nproc_per_node", str(WORKERS),
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+    # --standalone: torchrun's c10d rendezvous on localhost port 0; the agent's TCP stores
+    # bind port 0 and stay open, and the workers (TORCHELASTIC_USE_AGENT_STORE) connect to
+    # the agent's store, so no port is fixed or picked and released before use
+    return [console_script("torchrun"), "--standalone", "--nnodes", "1", "--nproc_per_node", str(WORKERS),
             console_script("fairseq-train"), *args]
 
 
@@ -139,8 +134,8 @@ BROADCAST_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from omegaconf import OmegaConf
 
-def worker(rank, port):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def worker(rank, store):
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=2)
     from fairseq.models import distributed_fairseq_model  # noqa: F401  (applies the fixes)
     from fairseq.distributed import utils as distributed_utils
     state = {"cfg": OmegaConf.create({"model": {"_name": "mega_lm"}}), "w": torch.arange(3.0)} if rank == 0 else None
@@ -149,7 +144,7 @@ def worker(rank, port):
     dist.destroy_process_group()
 
 if __name__ == "__main__":
-    torch.multiprocessing.spawn(worker, args=(int(sys.argv[1]),), nprocs=2)
+    torch.multiprocessing.spawn(worker, args=(sys.argv[1],), nprocs=2)
     print("broadcast ok")
 """
 
@@ -159,5 +154,6 @@ def test_broadcast_object_carries_a_loaded_checkpoint_state(tmp_path):
     rank 1 under torch's weights-only default ``torch.load``."""
     script = tmp_path / "broadcast.py"
     script.write_text(BROADCAST_SCRIPT)
-    result = run_cli([sys.executable, script, str(_free_port())], timeout=120)
+    # the workers meet through a file store in this test's folder: no TCP port
+    result = run_cli([sys.executable, script, (tmp_path / "store").as_uri()], timeout=120)
     assert "broadcast ok" in result.stdout

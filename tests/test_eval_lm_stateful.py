@@ -1,6 +1,8 @@
 """Long-context scoring with state carried across blocks (scripts/eval_lm_stateful.py and
 mega_fairseq.evaluation.stateful_lm_scoring): stateful block-wise scores equal one full
-forward over the whole stream, independent scores equal per-block full forwards."""
+forward over the whole stream, independent scores equal per-block full forwards.  The
+reference forwards are written here with torch.log_softmax / fairseq's
+get_normalized_probs, sharing no code with the scorer."""
 
 import math
 import re
@@ -37,12 +39,29 @@ def _stream(dictionary, length: int, seed: int = 0) -> torch.Tensor:
     return stream
 
 
+def _reference_log_probs(model, stream):
+    """Reference: one plain forward of stream[:-1] (1 x N-1) -> the normalised
+    log-probability of each next token stream[1:] (1-D, float64).  Without an adaptive
+    softmax the logits go through torch.log_softmax; with one, through fairseq's
+    get_normalized_probs, which returns the full-vocabulary log-distribution."""
+    inputs, targets = stream[:-1].unsqueeze(0), stream[1:].unsqueeze(0)
+    with torch.no_grad():
+        net_output = model(inputs)
+        if model.decoder.adaptive_softmax is not None:
+            lprobs = model.get_normalized_probs(net_output, log_probs=True, sample={"target": targets})
+        else:
+            lprobs = torch.log_softmax(net_output[0].double(), dim=-1)
+    assert lprobs.shape == (1, targets.size(1), model.decoder.dictionary.__len__())
+    return lprobs[0, torch.arange(targets.size(1)), targets[0]].double()
+
+
 def _per_block_forwards(model, stream, block_size):
-    """Reference for independent mode: every block alone through a plain forward."""
-    inputs, targets = stream[:-1], stream[1:]
+    """Reference for independent mode: every block of ``block_size`` inputs alone through
+    a plain forward, predicting the token after each input."""
     pieces = []
-    for start, end in block_spans(inputs.numel(), block_size):
-        pieces.append(full_forward_log_probs(model, torch.cat([inputs[start:end], targets[end - 1:end]])))
+    for start in range(0, stream.numel() - 1, block_size):
+        end = min(start + block_size, stream.numel() - 1)
+        pieces.append(_reference_log_probs(model, stream[start:end + 1]))
     return torch.cat(pieces)
 
 
@@ -57,7 +76,10 @@ def test_stateful_equals_one_full_forward(config, block_size):
     dictionary = make_dictionary(30)
     model = _model(dictionary, **config)
     stream = _stream(dictionary, 61)
-    truth = full_forward_log_probs(model, stream)
+    truth = _reference_log_probs(model, stream)
+    # log-probabilities of a normalised distribution: a scorer returning raw logits (no
+    # log-softmax normalisation) or another token's score fails the comparisons below
+    assert (truth < 0).all()
 
     lengths = []  # tokens per call reaching the first layer: the prefix is never re-run
     handle = model.decoder.layers[0].register_forward_pre_hook(lambda _m, args: lengths.append(args[0].size(0)))
@@ -91,6 +113,10 @@ def test_scores_and_summary():
     model = _model(dictionary, decoder_chunk_size=4)
     stream = _stream(dictionary, 30)
     result = score_stateful(model, stream, 8, progress=False)
+    reference = _reference_log_probs(model, stream)
+    assert math.isclose(result.nll_nats, -reference.sum().item(), rel_tol=1e-9)
+    # the library's own full-forward helper agrees with the reference written here
+    torch.testing.assert_close(full_forward_log_probs(model, stream), reference, atol=ATOL, rtol=0)
     assert math.isclose(result.loss, result.nll_nats / 29 / math.log(2))
     assert math.isclose(result.perplexity, 2 ** result.loss)
     assert "stateful" in result.summary() and "tokens/s" in result.summary()
@@ -102,7 +128,7 @@ def test_unchunked_simple_bias_refused_beyond_max_positions():
     short, long = _stream(dictionary, 17), _stream(dictionary, 40)
     # a stream within the bias range is fine, and equals a full forward
     result = score_stateful(model, short, 5, progress=False, keep_log_probs=True)
-    torch.testing.assert_close(result.log_probs, full_forward_log_probs(model, short), atol=ATOL, rtol=0)
+    torch.testing.assert_close(result.log_probs, _reference_log_probs(model, short), atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match="chunked model.*rotary"):
         score_stateful(model, long, 8, progress=False)
     score_independent(model, long, 16, progress=False)  # blocks fit: fine

@@ -67,7 +67,7 @@ def test_beam_search_equals_prefix_recomputation(config):
 def test_sampling_uses_incremental_state():
     torch.manual_seed(0)
     dictionary = make_dictionary(30)
-    model = build_lm(dictionary, decoder_chunk_size=4).eval()
+    model = build_lm(dictionary, decoder_chunk_size=4).double().eval()
     prefix = random_tokens(dictionary, 2, 3)
     lengths, handle = _record_block_lengths(model)
     hypos = _generate(_generator(model, dictionary, beam_size=1,
@@ -75,4 +75,19 @@ def test_sampling_uses_incremental_state():
                       dictionary.eos())
     handle.remove()
     assert set(lengths) == {1}
-    assert all(len(h[0]["tokens"]) >= 3 for h in hypos)
+    # min_len == max_len_b == 14 fixes the length: 14 tokens (the 3 prefix tokens first),
+    # then the eos forced at the last step, and eos nowhere before; catches a generator
+    # that ignores the prefix, stops early or runs past max_len
+    for row, hyp in zip(prefix.tolist(), hypos):
+        tokens = hyp[0]["tokens"].tolist()
+        assert len(tokens) == 15 and tokens[:3] == row, tokens
+        assert tokens[-1] == dictionary.eos() and dictionary.eos() not in tokens[:-1], tokens
+        # every sampled token is among the 5 most likely under one full forward of the
+        # sequence (pad and eos excluded, as the generator masks them before min_len):
+        # catches incremental decoding whose carried state gives other next-token scores
+        with torch.no_grad():
+            logits = model(torch.tensor([tokens[:-1]]))[0][0]
+        logits[:, [dictionary.pad(), dictionary.eos()]] = float("-inf")
+        for position in range(3, 14):
+            top5 = logits[position - 1].topk(5).indices.tolist()
+            assert tokens[position] in top5, (position, tokens, top5)

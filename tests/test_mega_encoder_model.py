@@ -222,7 +222,7 @@ def test_bad_options_and_head_names_are_refused_clearly():
         build_model(pooler_activation_fn="silly")
     with pytest.raises(ValueError, match="--pooler-dropout must lie in"):
         build_model(pooler_dropout=1.5)
-    with pytest.raises(ValueError, match="encoder_layers must be a positive integer"):
+    with pytest.raises(ValueError, match="--encoder-layers must be a positive integer, got 0"):
         build_model(encoder_layers=0)
     with pytest.raises(ValueError, match="needs a task with a source dictionary"):
         MegaEncoderModel.build_model(MegaEncoderModelConfig(**SMALL), SimpleNamespace())

@@ -208,8 +208,21 @@ def test_normalized_ffn_init_and_dropout_modes():
     assert abs(ffn.fc1.weight.std().item() - 0.02) < 0.01
     assert torch.count_nonzero(ffn.fc1.bias) == 0
     assert isinstance(ffn.dropout, FeatureDropout) and isinstance(ffn.hidden_dropout, FeatureDropout)
+    torch.manual_seed(1)
     x = torch.randn(T, B, C)
+    # default activation silu, pre-norm layer norm (unit weight, zero bias at init)
+    expected = x + F.silu(F.layer_norm(x, (C,), eps=1e-5) @ ffn.fc1.weight.t() + ffn.fc1.bias) \
+        @ ffn.fc2.weight.t() + ffn.fc2.bias
     ffn.eval()
-    torch.testing.assert_close(ffn(x), ffn(x))
+    # eval mode: both feature dropouts are the identity, so the output is the formula above
+    # (catches dropout left active in eval mode, or a wrong activation default)
+    torch.testing.assert_close(ffn(x), expected)
+    ffn.train()
+    # train mode: the output dropout zeroes whole channels of the branch fc2(...) for each
+    # sequence, so at a dropped (sequence, channel) the output is exactly the residual x at
+    # every time step; catches element-wise dropout or dropout not applied in train mode
+    equal = ffn(x) == x  # T x B x C
+    assert torch.equal(equal.all(dim=0), equal.any(dim=0))  # dropped at all time steps or none
+    assert equal.any() and not equal.all()
     with pytest.raises(ValueError, match="activation must be one of"):
         NormalizedFeedForwardNetwork(C, 16, activation="swish")

@@ -1,7 +1,7 @@
 """English-German corpus from gettext catalogues, and the sentencepiece helper script.
 
 Catalogues are parsed from small fake wheels built here (a ``.po`` text and a ``.mo``
-written by ``build_mo``); only the ``slow`` test downloads a real package from PyPI.
+written by ``build_mo``); the ``slow`` test reads a committed slice of a real package's catalogue.
 """
 
 import collections
@@ -470,18 +470,35 @@ def test_sentencepiece_rejects_mismatched_outputs(tmp_path):
 
 
 # --------------------------------------------------------------------------------------
-# a real package from PyPI
+# a real package's catalogue, from a committed slice (no network)
 # --------------------------------------------------------------------------------------
 
+ALLAUTH = REPO / "tests" / "fixtures" / "django_allauth-65.22.1"
+ALLAUTH_PO = "allauth/locale/de/LC_MESSAGES/django.po"
+
+
 @pytest.mark.slow
-def test_real_wheel_from_pypi(tmp_path):
-    """Downloads django-allauth (about 2 MB, ~330 German pairs) and builds a corpus from it."""
+def test_real_catalogue_slice_of_django_allauth(tmp_path):
+    """A wheel with the real member path of django-allauth 65.22.1's German catalogue,
+    holding the committed slice of it (tests/fixtures/README.md), read with --offline."""
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels, "django-allauth", "65.22.1", {ALLAUTH_PO: (ALLAUTH / ALLAUTH_PO).read_bytes()})
     out = tmp_path / "corpus"
-    run_cli([sys.executable, PREPARE, "--packages", "django-allauth==65.22.1", "--wheel-dir", tmp_path / "wheels",
-             "--out-dir", out, "--valid-size", "20", "--test-size", "20"], env=QUIET_ENV, timeout=900)
+    run_cli([sys.executable, PREPARE, "--packages", "django-allauth==65.22.1", "--wheel-dir", wheels,
+             "--offline", "--out-dir", out, "--valid-size", "5", "--test-size", "5"], env=QUIET_ENV)
     stats = json.loads((out / "stats.json").read_text())
-    assert 200 <= stats["pairs"] <= 600, stats["pairs"]
-    assert stats["packages"]["django-allauth==65.22.1"]["catalogues"][0]["member"].endswith("de/LC_MESSAGES/django.po")
-    train_en, train_de = read_split(out, "train", "en"), read_split(out, "train", "de")
-    assert len(train_en) == len(train_de) == stats["pairs"] - 40
-    assert any("Passwort" in line for line in train_de)
+    assert stats["packages"]["django-allauth==65.22.1"]["catalogues"][0]["member"] == ALLAUTH_PO
+    # the slice: 78 translated msgids, two of them with a plural form (80 pairs); the one
+    # with the same text on both sides ("Code" -> "Code") is dropped
+    assert stats["pairs"] == 79 and stats["dropped"]["identical_sides"] == 1, stats
+    assert {name: stats["splits"][name]["pairs"] for name in corpus.SPLITS} == {"train": 69, "valid": 5, "test": 5}
+    pairs = {pair for split in corpus.SPLITS for pair in zip(read_split(out, split, "en"), read_split(out, split, "de"))}
+    assert len(pairs) == 79 and "Code" not in {en for en, _ in pairs}
+    # real entries: a plain one, a msgstr continued over two lines, both plural forms,
+    # and %(count)s placeholders removed from both sides
+    assert {("Password", "Passwort"),
+            ("Enter a phone number including country code (e.g. +1 for the US).",
+             "Geben Sie eine Telefonnummer einschließlich Ländervorwahl ein (z. B. +49 für Deutschland)."),
+            ("There is out of recovery codes available.", "Es steht von Wiederherstellungscodes zur Verfügung."),
+            ("There are out of recovery codes available.", "Es stehen von Wiederherstellungscodes zur Verfügung."),
+            ("You have added security keys.", "Sie haben Sicherheitsschlüssel hinzugefügt.")} <= pairs

@@ -2,6 +2,7 @@
 scripts/prepare_wmt16_en_de.py (tarball, checks, fairseq-preprocess), scripts/score_translation.py
 (tokenized BLEU with compound splitting, detokenized sacreBLEU), the recipe's commands."""
 
+import collections
 import json
 import math
 import random
@@ -386,4 +387,65 @@ def test_recipe_end_to_end_on_a_fake_slice(tmp_path):
     scored = run_cli([sys.executable, SCORE, tmp_path / "gen.out", "--detok", "none", "--json", tmp_path / "s.json"])
     assert "tokenized BLEU" in scored.stdout
     result = json.loads((tmp_path / "s.json").read_text())
-    assert result["sentences"] == 12 and 0.0 <= result["tokenized_bleu"]["score"] <= 100.0
+    assert result["sentences"] == 12
+    # two updates teach the model nothing, so the score is checked against BLEU computed
+    # here from the H-/T- lines (catches a scorer that pairs hypotheses with the wrong
+    # references, reads the wrong field or counts n-grams wrongly) ...
+    generated = (tmp_path / "gen.out").read_text()
+    hyps, refs = _generate_pairs(generated)
+    assert len(hyps) == len(refs) == 12
+    assert math.isclose(result["tokenized_bleu"]["score"], _corpus_bleu(hyps, refs), abs_tol=1e-6)
+    # ... and on two rewritten outputs: the references as hypotheses score 100, the
+    # references of the next sentence score as the formula says (below 100)
+    for shift in (0, 1):
+        rewritten = _with_hypotheses(generated, {i: refs[(i + shift) % 12] for i in range(12)})
+        (tmp_path / f"gen{shift}.out").write_text(rewritten)
+        run_cli([sys.executable, SCORE, tmp_path / f"gen{shift}.out", "--detok", "none",
+                 "--json", tmp_path / f"s{shift}.json"])
+        score = json.loads((tmp_path / f"s{shift}.json").read_text())["tokenized_bleu"]["score"]
+        formula = _corpus_bleu([refs[(i + shift) % 12] for i in range(12)], refs)
+        assert math.isclose(score, formula, abs_tol=1e-6), (shift, score, formula)
+        assert score == 100.0 if shift == 0 else score < 100.0, (shift, score)
+
+
+def _generate_pairs(output: str):
+    """([hypothesis], [reference]) by sample id from fairseq-generate output: the first
+    H-<id> line's third field and the T-<id> line's second field."""
+    hyps, refs = {}, {}
+    for line in output.splitlines():
+        fields = line.split("\t")
+        if line.startswith("H-"):
+            hyps.setdefault(int(fields[0][2:]), fields[2])
+        elif line.startswith("T-"):
+            refs[int(fields[0][2:])] = fields[1]
+    return [hyps[i] for i in sorted(hyps)], [refs[i] for i in sorted(hyps)]
+
+
+def _with_hypotheses(output: str, texts: dict) -> str:
+    """The fairseq-generate output with the text of every H-<id> line replaced."""
+    lines = []
+    for line in output.splitlines():
+        if line.startswith("H-"):
+            tag, score, _ = line.split("\t")
+            line = "\t".join([tag, score, texts[int(tag[2:])]])
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _corpus_bleu(hyps, refs) -> float:
+    """Corpus BLEU-4 (percent) on whitespace tokens: clipped n-gram precisions, no
+    smoothing, brevity penalty exp(1 - r / h) when the hypotheses are shorter."""
+    matches, totals, hyp_length, ref_length = [0] * 4, [0] * 4, 0, 0
+    for hyp, ref in zip(hyps, refs):
+        hyp, ref = hyp.split(), ref.split()
+        hyp_length, ref_length = hyp_length + len(hyp), ref_length + len(ref)
+        for n in range(1, 5):
+            hyp_grams = collections.Counter(tuple(hyp[i:i + n]) for i in range(len(hyp) - n + 1))
+            ref_grams = collections.Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))
+            matches[n - 1] += sum(min(count, ref_grams[gram]) for gram, count in hyp_grams.items())
+            totals[n - 1] += max(len(hyp) - n + 1, 0)
+    if min(matches) == 0:
+        return 0.0
+    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / 4
+    brevity = 1.0 if hyp_length > ref_length else math.exp(1 - ref_length / hyp_length)
+    return 100.0 * brevity * math.exp(log_precision)

@@ -11,6 +11,7 @@ from fairseq.models import FairseqIncrementalDecoder
 from fairseq.modules import AdaptiveSoftmax
 
 from mega_fairseq.models.block_stack import MegaBlockStack
+from mega_fairseq.models.dictionary_fingerprint import attach_dictionary_fingerprint
 from mega_fairseq.models.model_building import check_checkpoint_vocabulary
 from mega_fairseq.models.padding import padding_mask_or_none
 from mega_fairseq.modules.incremental import IncrementalState
@@ -52,6 +53,9 @@ class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
         super().__init__(dictionary)
         embed_dim = settings.embed_dim
         self.padding_idx = dictionary.pad()
+        # the fingerprint names the target dictionary of a translation model
+        attach_dictionary_fingerprint(self, dictionary,
+                                      "target" if settings.cross_attention else "lm")
         self.embed_tokens = embed_tokens
         self.build_stack(settings, num_layers, "decoder", scale_embedding, normalize_embedding,
                          affine_final_norm)

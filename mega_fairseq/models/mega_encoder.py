@@ -10,6 +10,7 @@ from fairseq import utils
 from fairseq.models import FairseqEncoder
 
 from mega_fairseq.models.block_stack import MegaBlockStack
+from mega_fairseq.models.dictionary_fingerprint import attach_dictionary_fingerprint
 from mega_fairseq.models.model_building import check_checkpoint_vocabulary
 from mega_fairseq.models.padding import any_true, has_values
 from mega_fairseq.modules.mega_layer import MegaLayerSettings
@@ -49,6 +50,7 @@ class MegaEncoder(MegaBlockStack, FairseqEncoder):
         if settings.causal:
             raise ValueError("the Mega encoder needs non-causal block settings")
         self.padding_idx = dictionary.pad()
+        attach_dictionary_fingerprint(self, dictionary, "source")
         self.embed_tokens = embed_tokens
         self.embed_token_types = embed_token_types
         self.build_stack(settings, num_layers, "encoder", scale_embedding, normalize_embedding,

@@ -39,6 +39,7 @@ from fairseq.models import (
 )
 from fairseq.utils import safe_getattr
 
+from mega_fairseq.errors import OptionError
 from mega_fairseq.models.mega_encoder import MegaEncoder, right_align
 from mega_fairseq.models.mega_options import (
     MegaCommonConfig,
@@ -125,7 +126,7 @@ class MegaEncoderModelConfig(MegaCommonConfig, MegaEncoderConfig):
 
 def _positive(value, option: str) -> int:
     if value is None or int(value) != value or value <= 0:
-        raise ValueError(f"--{option} must be a positive integer, got {value}")
+        raise OptionError(f"--{option} must be a positive integer, got {value}")
     return int(value)
 
 
@@ -243,28 +244,30 @@ class MegaEncoderModel(FairseqEncoderModel):
         warn_if_preset_not_applied(cfg, "mega_encoder", MegaEncoderModelConfig)
         dictionary = getattr(task, "source_dictionary", None)
         if dictionary is None:
-            raise ValueError(
+            raise OptionError(
                 f"the 'mega_encoder' model needs a task with a source dictionary (e.g. "
                 f"masked_lm, sentence_prediction, sentence_ranking); task "
                 f"{type(task).__name__} has none"
             )
         if str(cfg.sentence_rep) not in SENTENCE_REPS:
-            raise ValueError(
+            raise OptionError(
                 f"--sentence-rep must be one of {list(SENTENCE_REPS)}, got {cfg.sentence_rep!r}"
             )
         if str(cfg.pooler_activation_fn) not in POOLER_ACTIVATIONS:
-            raise ValueError(
+            raise OptionError(
                 f"--pooler-activation-fn must be one of {list(POOLER_ACTIVATIONS)}, "
                 f"got {cfg.pooler_activation_fn!r}"
             )
         if cfg.type_vocab_size is None or cfg.type_vocab_size < 0:
-            raise ValueError(
+            raise OptionError(
                 f"--type-vocab-size must be 0 (no token types) or positive, got {cfg.type_vocab_size}"
             )
         if not 0.0 <= cfg.pooler_dropout < 1.0:
-            raise ValueError(f"--pooler-dropout must lie in [0, 1), got {cfg.pooler_dropout}")
+            raise OptionError(f"--pooler-dropout must lie in [0, 1), got {cfg.pooler_dropout}")
         max_positions = _resolve_max_positions(cfg, task)
         _set_option(cfg, "max_source_positions", max_positions)
+        # block settings first: bad sizes are refused naming their options
+        settings = layer_settings(cfg, "encoder", max_positions, causal=False)
 
         embed_dim = cfg.encoder_embed_dim
         embed_tokens = build_embedding(dictionary, embed_dim)
@@ -273,7 +276,7 @@ class MegaEncoderModel(FairseqEncoderModel):
             embed_token_types = nn.Embedding(cfg.type_vocab_size, embed_dim)
             nn.init.normal_(embed_token_types.weight, mean=0.0, std=embed_dim ** -0.5)
         encoder = MegaEncoder(
-            layer_settings(cfg, "encoder", max_positions, causal=False),
+            settings,
             cfg.encoder_layers,
             dictionary,
             embed_tokens,

@@ -16,6 +16,7 @@ from fairseq.modules import AdaptiveInput, AdaptiveSoftmax
 from fairseq.tasks.translation import TranslationTask
 from fairseq.utils import safe_getattr
 
+from mega_fairseq.errors import OptionError
 from mega_fairseq.models.mega_decoder import MegaDecoder
 from mega_fairseq.models.model_building import (
     build_embedding,
@@ -77,12 +78,12 @@ def _resolved(value):
 
 def _cutoffs(text: Optional[str], option: str, vocab_size: int):
     if text is None:
-        raise ValueError(f"--{option} is required with adaptive input/softmax")
+        raise OptionError(f"--{option} is required with adaptive input/softmax")
     cutoffs = utils.eval_str_list(text, type=int)
     if sorted(cutoffs) != cutoffs or any(c <= 0 for c in cutoffs):
-        raise ValueError(f"--{option} must be increasing positive integers, got {text!r}")
+        raise OptionError(f"--{option} must be increasing positive integers, got {text!r}")
     if cutoffs[-1] > vocab_size:
-        raise ValueError(
+        raise OptionError(
             f"--{option} {text!r} has a cutoff above the vocabulary size {vocab_size}; "
             "choose cutoffs below it"
         )
@@ -103,7 +104,7 @@ class MegaLanguageModel(FairseqLanguageModel):
             cfg, "mega_lm", MegaLanguageModelConfig, ("adaptive_input", "adaptive_softmax_cutoff")
         )
         if isinstance(task, TranslationTask):
-            raise ValueError(
+            raise OptionError(
                 "mega_lm is a decoder-only language model and cannot run the translation "
                 "task; use --arch mega (or mega_tiny, mega_wmt_en_de, ...) for translation, "
                 "or --task language_modeling for this model"
@@ -120,13 +121,15 @@ class MegaLanguageModel(FairseqLanguageModel):
             and tokens_per_sample is not None
             and tokens_per_sample > max_target_positions
         ):
-            raise ValueError(
+            raise OptionError(
                 f"--tokens-per-sample {tokens_per_sample} exceeds --max-target-positions "
                 f"{max_target_positions}, the length limit of the 'simple' relative position "
                 "bias; raise --max-target-positions, use --rel-pos-bias rotary, or chunk with "
                 "--decoder-chunk-size"
             )
 
+        # block settings first: bad sizes are refused naming their options
+        settings = layer_settings(cfg, "decoder", max_target_positions, causal=True)
         embed_dim = cfg.decoder_embed_dim
         if cfg.adaptive_input:
             embed_tokens = AdaptiveInput(
@@ -146,12 +149,12 @@ class MegaLanguageModel(FairseqLanguageModel):
         if cfg.adaptive_softmax_cutoff is not None:
             if cfg.tie_adaptive_weights:
                 if not cfg.adaptive_input:
-                    raise ValueError("--tie-adaptive-weights requires --adaptive-input")
+                    raise OptionError("--tie-adaptive-weights requires --adaptive-input")
                 if (
                     cfg.adaptive_input_factor != cfg.adaptive_softmax_factor
                     or cfg.adaptive_input_cutoff != cfg.adaptive_softmax_cutoff
                 ):
-                    raise ValueError(
+                    raise OptionError(
                         "--tie-adaptive-weights requires equal adaptive input/softmax factors "
                         f"and cutoffs, got {cfg.adaptive_input_factor}/{cfg.adaptive_input_cutoff} "
                         f"vs {cfg.adaptive_softmax_factor}/{cfg.adaptive_softmax_cutoff}"
@@ -166,17 +169,17 @@ class MegaLanguageModel(FairseqLanguageModel):
                 tie_proj=cfg.tie_adaptive_proj,
             )
         elif cfg.tie_adaptive_weights:
-            raise ValueError("--tie-adaptive-weights requires --adaptive-softmax-cutoff")
+            raise OptionError("--tie-adaptive-weights requires --adaptive-softmax-cutoff")
         if cfg.share_decoder_input_output_embed and (
             cfg.adaptive_input or adaptive_softmax is not None
         ):
-            raise ValueError(
+            raise OptionError(
                 "--share-decoder-input-output-embed cannot be used with --adaptive-input or "
                 "--adaptive-softmax-cutoff; use --adaptive-input with --tie-adaptive-weights"
             )
 
         decoder = MegaDecoder(
-            layer_settings(cfg, "decoder", max_target_positions, causal=True),
+            settings,
             cfg.decoder_layers,
             dictionary,
             embed_tokens,

@@ -13,8 +13,12 @@ from typing import Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
+from mega_fairseq.models.option_checks import (
+    check_layer_settings,
+    check_stack_options,
+    length_option,
+)
 from mega_fairseq.modules.activations import ACTIVATIONS, ATTENTION_ACTIVATIONS
-from mega_fairseq.modules.length_options import optional_length
 from mega_fairseq.modules.mega_layer import MegaLayerSettings
 from mega_fairseq.modules.relative_position import REL_POS_BIAS_TYPES
 from mega_fairseq.modules.sequence_norm import NORM_TYPES
@@ -125,8 +129,9 @@ class MegaEncoderConfig(FairseqDataclass):
 
 
 def chunk_size_or_none(cfg, side: str) -> Optional[int]:
-    """The chunk size of ``side`` ('encoder' or 'decoder'), None when not chunked."""
-    return optional_length(f"--{side}-chunk-size", getattr(cfg, f"{side}_chunk_size"))
+    """The chunk size of ``side`` ('encoder' or 'decoder'), None when not chunked;
+    :class:`~mega_fairseq.errors.OptionError` naming the option for other values."""
+    return length_option(f"--{side}-chunk-size", getattr(cfg, f"{side}_chunk_size"))
 
 
 def relative_bias_positions(cfg, side: str, max_length: int) -> int:
@@ -148,10 +153,14 @@ def layer_settings(
 
     ``max_length``: the longest input of that side; ``cross_max_length``: the longest
     target or source position the cross-attention bias must cover (decoders of
-    encoder-decoder models; cross-attention is never chunked)."""
+    encoder-decoder models; cross-attention is never chunked).
+
+    Bad option values raise :class:`~mega_fairseq.errors.OptionError` naming the
+    command-line option (see :mod:`mega_fairseq.models.option_checks`)."""
     if side not in ("encoder", "decoder"):
         raise ValueError(f"side must be 'encoder' or 'decoder', got {side!r}")
-    return MegaLayerSettings(
+    check_stack_options(cfg, side)
+    settings = MegaLayerSettings(
         embed_dim=getattr(cfg, f"{side}_embed_dim"),
         zdim=getattr(cfg, f"{side}_z_dim"),
         hdim=getattr(cfg, f"{side}_hidden_dim"),
@@ -173,5 +182,7 @@ def layer_settings(
         max_positions=relative_bias_positions(cfg, side, max_length),
         cross_max_positions=cross_max_length if cross_attention else None,
         chunk_size=chunk_size_or_none(cfg, side) or -1,
-        truncation=optional_length("--truncation-length", cfg.truncation_length),
+        truncation=length_option("--truncation-length", cfg.truncation_length),
     )
+    check_layer_settings(settings, side)
+    return settings

@@ -13,6 +13,7 @@ from fairseq.models import (
 
 from fairseq.tasks.language_modeling import LanguageModelingTask
 
+from mega_fairseq.errors import OptionError
 from mega_fairseq.models.mega_decoder import MegaDecoder
 from mega_fairseq.models.mega_encoder import MegaEncoder
 from mega_fairseq.models.mega_options import (
@@ -51,7 +52,7 @@ class MegaTranslationConfig(MegaCommonConfig, MegaEncoderConfig, MegaDecoderConf
 
 def _positive(value: Optional[int], option: str) -> int:
     if value is None or value <= 0:
-        raise ValueError(f"--{option} must be a positive integer, got {value}")
+        raise OptionError(f"--{option} must be a positive integer, got {value}")
     return value
 
 
@@ -79,23 +80,33 @@ class MegaModel(FairseqEncoderDecoderModel):
         src_dict = getattr(task, "source_dictionary", None)
         tgt_dict = getattr(task, "target_dictionary", None)
         if src_dict is None or tgt_dict is None or isinstance(task, LanguageModelingTask):
-            raise ValueError(
+            raise OptionError(
                 f"the 'mega' encoder-decoder needs a task with source and target dictionaries "
                 f"(e.g. --task translation); task {type(task).__name__} has none. For language "
                 "modelling use --arch mega_lm (or one of its presets)"
             )
         max_source = _positive(cfg.max_source_positions, "max-source-positions")
         max_target = _positive(cfg.max_target_positions, "max-target-positions")
+        # block settings first: bad sizes are refused naming their options
+        encoder_settings = layer_settings(cfg, "encoder", max_source, causal=False)
+        decoder_settings = layer_settings(
+            cfg,
+            "decoder",
+            max_target,
+            causal=True,
+            cross_attention=True,
+            cross_max_length=max(max_source, max_target),
+        )
 
         if cfg.share_all_embeddings:
             if src_dict != tgt_dict:
-                raise ValueError(
+                raise OptionError(
                     "--share-all-embeddings requires a joined dictionary: binarize with "
                     "fairseq-preprocess --joined-dictionary (source and target dictionaries "
                     f"differ: {len(src_dict)} vs {len(tgt_dict)} symbols)"
                 )
             if cfg.encoder_embed_dim != cfg.decoder_embed_dim:
-                raise ValueError(
+                raise OptionError(
                     "--share-all-embeddings requires --encoder-embed-dim to equal "
                     f"--decoder-embed-dim, got {cfg.encoder_embed_dim} and {cfg.decoder_embed_dim}"
                 )
@@ -109,7 +120,7 @@ class MegaModel(FairseqEncoderDecoderModel):
 
         embedding_options = stack_embedding_options(cfg)
         encoder = MegaEncoder(
-            layer_settings(cfg, "encoder", max_source, causal=False),
+            encoder_settings,
             cfg.encoder_layers,
             src_dict,
             encoder_embed,
@@ -117,14 +128,7 @@ class MegaModel(FairseqEncoderDecoderModel):
             **embedding_options,
         )
         decoder = MegaDecoder(
-            layer_settings(
-                cfg,
-                "decoder",
-                max_target,
-                causal=True,
-                cross_attention=True,
-                cross_max_length=max(max_source, max_target),
-            ),
+            decoder_settings,
             cfg.decoder_layers,
             tgt_dict,
             decoder_embed,

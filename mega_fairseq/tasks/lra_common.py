@@ -21,6 +21,8 @@ from fairseq.data import (
     data_utils,
 )
 
+from mega_fairseq.errors import DataError, OptionError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_HEAD_NAME = "lra_classification_head"
@@ -40,7 +42,7 @@ def classification_head_name(cfg) -> str:
 
 def check_num_classes(num_classes: int) -> None:
     if num_classes is None or num_classes <= 0:
-        raise ValueError(f"--num-classes must be a positive number of classes, got {num_classes}")
+        raise OptionError(f"--num-classes must be a positive number of classes, got {num_classes}")
 
 
 class SumDataset(FairseqDataset):
@@ -73,7 +75,7 @@ def fit_length(dataset, sizes: np.ndarray, max_positions: Optional[int], shorten
     if shorten_method == "truncate":
         logger.info("%s: truncating %d of %d examples to %d tokens", what, too_long, len(sizes), max_positions)
         return TruncateDataset(dataset, max_positions)
-    raise ValueError(
+    raise OptionError(
         f"{what}: {too_long} of {len(sizes)} examples are longer than the model's "
         f"{max_positions} positions (longest: {int(sizes.max())} tokens, </s> included); pass "
         "--shorten-method truncate to cut them to --max-positions, or raise --max-positions "
@@ -88,7 +90,7 @@ def check_targets(targets: np.ndarray, num_classes: int, what: str, unknown_line
     if unknown_lines:
         lines = ", ".join(str(i + 1) for i in unknown_lines[:5])
         more = f" and {len(unknown_lines) - 5} more" if len(unknown_lines) > 5 else ""
-        raise ValueError(
+        raise DataError(
             f"{what}: unknown label on line(s) {lines}{more}: not among the training labels "
             "(the label dictionary); every label of this split must also occur in the "
             "training data"
@@ -96,7 +98,7 @@ def check_targets(targets: np.ndarray, num_classes: int, what: str, unknown_line
     bad = np.nonzero((targets < 0) | (targets >= num_classes))[0]
     if len(bad):
         first = int(bad[0])
-        raise ValueError(
+        raise DataError(
             f"{what}: unknown label {int(targets[first])} on line {first + 1} ({len(bad)} such "
             f"lines): labels must be class ids 0..{num_classes - 1} (--num-classes {num_classes})"
         )

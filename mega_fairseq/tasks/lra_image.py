@@ -36,6 +36,7 @@ from fairseq.data import Dictionary, FairseqDataset
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
+from mega_fairseq.errors import DataError, MissingDataError, OptionError
 from mega_fairseq.tasks.lra_common import (
     check_num_classes,
     check_targets,
@@ -83,19 +84,19 @@ def read_pixels(path: str, num_pixels: int) -> np.ndarray:
     if os.path.exists(path + ".npy"):
         pixels = np.load(path + ".npy", mmap_mode="r")
         if pixels.ndim != 2 or pixels.shape[1] != num_pixels:
-            raise ValueError(f"{path}.npy: shape {pixels.shape}, expected N x {num_pixels} "
+            raise DataError(f"{path}.npy: shape {pixels.shape}, expected N x {num_pixels} "
                              f"(--image-size {int(round(num_pixels ** 0.5))})")
         if pixels.dtype != np.uint8:
-            raise ValueError(f"{path}.npy: dtype {pixels.dtype}, expected uint8")
+            raise DataError(f"{path}.npy: dtype {pixels.dtype}, expected uint8")
         return pixels
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found (nor {path}.npy)")
+        raise MissingDataError(f"{path} not found (nor {path}.npy)")
     rows = []
     with open(path) as handle:
         for number, line in enumerate(handle, start=1):
             fields = line.split()
             if len(fields) != num_pixels:
-                raise ValueError(
+                raise DataError(
                     f"{path}: line {number} has {len(fields)} pixels, expected {num_pixels} "
                     f"(--image-size {int(round(num_pixels ** 0.5))} gives "
                     f"{int(round(num_pixels ** 0.5))}x{int(round(num_pixels ** 0.5))} images)"
@@ -103,9 +104,9 @@ def read_pixels(path: str, num_pixels: int) -> np.ndarray:
             try:
                 row = np.array(fields, dtype=np.int64)
             except ValueError:
-                raise ValueError(f"{path}: line {number} holds a non-integer pixel") from None
+                raise DataError(f"{path}: line {number} holds a non-integer pixel") from None
             if row.min() < 0 or row.max() > 255:
-                raise ValueError(f"{path}: line {number} has a pixel outside 0-255")
+                raise DataError(f"{path}: line {number} has a pixel outside 0-255")
             rows.append(row.astype(np.uint8))
     if not rows:
         return np.zeros((0, num_pixels), dtype=np.uint8)
@@ -115,7 +116,7 @@ def read_pixels(path: str, num_pixels: int) -> np.ndarray:
 def read_labels(path: str) -> np.ndarray:
     """N integer labels, one per line."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found")
+        raise MissingDataError(f"{path} not found")
     labels = []
     with open(path) as handle:
         for number, line in enumerate(handle, start=1):
@@ -123,7 +124,7 @@ def read_labels(path: str) -> np.ndarray:
             try:
                 labels.append(int(text))
             except ValueError:
-                raise ValueError(f"{path}: line {number}: label {text!r} is not an integer class id") from None
+                raise DataError(f"{path}: line {number}: label {text!r} is not an integer class id") from None
     return np.asarray(labels, dtype=np.int64)
 
 
@@ -163,7 +164,7 @@ class PixelValueEmbedding(nn.Module):
                  padding_idx: int = None):
         super().__init__()
         if std <= 0:
-            raise ValueError(f"--pixel-std must be positive, got {std}")
+            raise OptionError(f"--pixel-std must be positive, got {std}")
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.padding_idx = padding_idx
@@ -195,7 +196,7 @@ def replace_token_embedding(model: nn.Module, dictionary: Dictionary, make_modul
         and module.num_embeddings == len(dictionary)
     ]
     if len(found) != 1:
-        raise ValueError(
+        raise OptionError(
             "--pixel-input values needs a model with exactly one token embedding module named "
             f"'embed_tokens' (nn.Embedding with {len(dictionary)} rows); found "
             f"{[name for name, _ in found] or 'none'}. Use --pixel-input tokens"
@@ -220,7 +221,7 @@ class LRAImageTask(FairseqTask):
     def setup_task(cls, cfg: LRAImageConfig, **kwargs):
         check_num_classes(cfg.num_classes)
         if cfg.image_size <= 0:
-            raise ValueError(f"--image-size must be positive, got {cfg.image_size}")
+            raise OptionError(f"--image-size must be positive, got {cfg.image_size}")
         return cls(cfg, pixel_dictionary())
 
     @property
@@ -232,7 +233,7 @@ class LRAImageTask(FairseqTask):
         pixels = read_pixels(prefix + ".input", self.num_pixels)
         targets = read_labels(prefix + ".label")
         if len(targets) != len(pixels):
-            raise ValueError(f"{prefix}: {len(pixels)} images but {len(targets)} labels")
+            raise DataError(f"{prefix}: {len(pixels)} images but {len(targets)} labels")
         check_targets(targets, self.cfg.num_classes, prefix + ".label")
         tokens = PixelTokensDataset(pixels, offset=self.dictionary.nspecial)
         self.datasets[split] = classification_dataset(
@@ -247,7 +248,7 @@ class LRAImageTask(FairseqTask):
         warn_if_cls_pooling(model)
         limit = model_max_positions(model)
         if limit is not None and limit < self.num_pixels:
-            raise ValueError(
+            raise OptionError(
                 f"--image-size {self.cfg.image_size} gives {self.num_pixels} pixels per image but "
                 f"the model accepts at most {limit} positions; use an architecture/max positions "
                 "of at least that many"

@@ -33,6 +33,7 @@ from fairseq.data import Dictionary, data_utils
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
+from mega_fairseq.errors import DataError, MissingDataError, OptionError
 from mega_fairseq.tasks.lra_common import (
     check_num_classes,
     check_targets,
@@ -72,7 +73,7 @@ class LRATextConfig(FairseqDataclass):
 
 def _load_dictionary(path: str, what: str) -> Dictionary:
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} dictionary {path} not found: binarize the data with fairseq-preprocess "
+        raise MissingDataError(f"{what} dictionary {path} not found: binarize the data with fairseq-preprocess "
                                 "into DATA/input0, [DATA/input1,] DATA/label")
     return Dictionary.load(path)
 
@@ -103,12 +104,12 @@ class LRATextTask(FairseqTask):
         label_dict = _load_dictionary(os.path.join(cfg.data, "label", "dict.txt"), "label")
         num_labels = count_labels(label_dict)
         if num_labels > cfg.num_classes:
-            raise ValueError(f"the label dictionary has {num_labels} labels but --num-classes is {cfg.num_classes}")
+            raise OptionError(f"the label dictionary has {num_labels} labels but --num-classes is {cfg.num_classes}")
         if num_labels < cfg.num_classes:
             logger.warning("the label dictionary has %d labels, fewer than --num-classes %d",
                            num_labels, cfg.num_classes)
         if cfg.paired and not os.path.isdir(os.path.join(cfg.data, "input1")):
-            raise FileNotFoundError(f"--paired needs the second inputs in {os.path.join(cfg.data, 'input1')}")
+            raise MissingDataError(f"--paired needs the second inputs in {os.path.join(cfg.data, 'input1')}")
         if not cfg.paired and os.path.isdir(os.path.join(cfg.data, "input1")):
             logger.warning("%s exists but --paired is not set: only input0 is used",
                            os.path.join(cfg.data, "input1"))
@@ -121,7 +122,7 @@ class LRATextTask(FairseqTask):
         path = os.path.join(self.cfg.data, key, split)
         dataset = data_utils.load_indexed_dataset(path, dictionary, combine=combine)
         if dataset is None:
-            raise FileNotFoundError(f"dataset {path}.bin/.idx not found (split {split!r} of {key})")
+            raise MissingDataError(f"dataset {path}.bin/.idx not found (split {split!r} of {key})")
         return dataset
 
     def _targets(self, split: str, combine: bool) -> np.ndarray:
@@ -136,7 +137,7 @@ class LRATextTask(FairseqTask):
             if item and item[-1] == eos:
                 item = item[:-1]
             if len(item) != 1:
-                raise ValueError(f"label/{split}: line {i + 1} has {len(item)} labels (one expected)")
+                raise DataError(f"label/{split}: line {i + 1} has {len(item)} labels (one expected)")
             if item[0] == unk:
                 unknown.append(i)
             targets[i] = item[0] - nspecial
@@ -154,10 +155,10 @@ class LRATextTask(FairseqTask):
             inputs["net_input" if number == 0 else "net_input1"] = tokens
             sizes.append(np.asarray(tokens.sizes))
         if len(sizes) == 2 and len(sizes[0]) != len(sizes[1]):
-            raise ValueError(f"{split}: input0 has {len(sizes[0])} examples but input1 has {len(sizes[1])}")
+            raise DataError(f"{split}: input0 has {len(sizes[0])} examples but input1 has {len(sizes[1])}")
         targets = self._targets(split, combine)
         if len(targets) != len(sizes[0]):
-            raise ValueError(f"{split}: {len(sizes[0])} inputs but {len(targets)} labels")
+            raise DataError(f"{split}: {len(sizes[0])} inputs but {len(targets)} labels")
         self.datasets[split] = classification_dataset(
             inputs, sizes, targets, self.source_dictionary.pad(), self.cfg.seed, not self.cfg.no_shuffle,
         )
@@ -172,7 +173,7 @@ class LRATextTask(FairseqTask):
         self._model_max_positions = model_max_positions(model)
         limit = self._model_max_positions
         if self.cfg.max_positions is not None and limit is not None and self.cfg.max_positions > limit:
-            raise ValueError(f"--max-positions {self.cfg.max_positions} exceeds the {limit} positions "
+            raise OptionError(f"--max-positions {self.cfg.max_positions} exceeds the {limit} positions "
                              f"of the model (--arch {getattr(cfg, 'arch', getattr(cfg, '_name', '?'))})")
         model.register_classification_head(
             classification_head_name(self.cfg),

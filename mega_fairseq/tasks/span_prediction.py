@@ -36,6 +36,7 @@ import torch
 from fairseq.data import Dictionary
 from fairseq.tasks import FairseqTask, register_task
 
+from mega_fairseq.errors import DataError, MissingDataError, OptionError
 from mega_fairseq.tasks import token_data as td
 from mega_fairseq.tasks.token_classification import build_model_with_token_head
 
@@ -53,7 +54,7 @@ class SpanPredictionConfig(td.TokenTaskConfig):
 def read_spans(path: str, context_lengths: np.ndarray, contexts_name: str) -> np.ndarray:
     """Parse ``DATA/label/{split}.label``; returns N x 2 int64 (start, end) context indices."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no span labels {path} (one 'start end' line per example)")
+        raise MissingDataError(f"no span labels {path} (one 'start end' line per example)")
     spans = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -63,17 +64,17 @@ def read_spans(path: str, context_lengths: np.ndarray, contexts_name: str) -> np
                     raise ValueError
                 start, end = int(fields[0]), int(fields[1])
             except ValueError:
-                raise ValueError(f"{path}, line {number}: expected 'start end' (two integers), "
+                raise DataError(f"{path}, line {number}: expected 'start end' (two integers), "
                                  f"got {line.rstrip()!r}") from None
             spans.append((start, end))
     if len(spans) != len(context_lengths):
-        raise ValueError(f"{path} has {len(spans)} lines but {contexts_name}.bin has "
+        raise DataError(f"{path} has {len(spans)} lines but {contexts_name}.bin has "
                          f"{len(context_lengths)} examples: one span per example")
     for number, ((start, end), length) in enumerate(zip(spans, context_lengths), start=1):
         if end < start:
-            raise ValueError(f"{path}, line {number}: span end {end} < start {start}")
+            raise DataError(f"{path}, line {number}: span end {end} < start {start}")
         if start < 0 or end >= length:
-            raise ValueError(
+            raise DataError(
                 f"{path}, line {number}: span {start} {end} lies outside the context: line "
                 f"{number} of {contexts_name}.bin has {length} tokens (indices 0..{length - 1})"
             )
@@ -159,12 +160,12 @@ class SpanPredictionTask(FairseqTask):
         other = os.path.join(cfg.data, "input1", "dict.txt")
         dictionary = Dictionary.load(path)
         if os.path.exists(other) and Dictionary.load(other).symbols != dictionary.symbols:
-            raise ValueError(
+            raise DataError(
                 f"{other} differs from {path}: binarize questions and contexts with one "
                 f"dictionary (fairseq-preprocess --srcdict)"
             )
         if cfg.max_positions < 5:
-            raise ValueError(f"--max-positions must be at least 5, got {cfg.max_positions}")
+            raise OptionError(f"--max-positions must be at least 5, got {cfg.max_positions}")
         logger.info(f"[input] dictionary: {len(dictionary)} types")
         return cls(cfg, dictionary)
 
@@ -176,7 +177,7 @@ class SpanPredictionTask(FairseqTask):
         contexts_name = td.binarized_name(data, "input1", split)
         question_sizes, context_sizes = td.item_sizes(questions), td.item_sizes(contexts)
         if len(question_sizes) != len(context_sizes):
-            raise ValueError(f"{contexts_name}.bin has {len(context_sizes)} lines but "
+            raise DataError(f"{contexts_name}.bin has {len(context_sizes)} lines but "
                              f"{questions_name}.bin has {len(question_sizes)}")
         td.check_ends_with_eos(questions, question_sizes, self.dictionary.eos(), questions_name)
         td.check_ends_with_eos(contexts, context_sizes, self.dictionary.eos(), contexts_name)
@@ -198,14 +199,14 @@ class SpanPredictionTask(FairseqTask):
                     f"(first: line {int(dropped[0]) + 1} of {os.path.join(data, 'label', split)}.label)"
                 )
             if keep.size == 0 and len(spans):
-                raise ValueError(f"{split}: no example left after --shorten-method {method} "
+                raise OptionError(f"{split}: no example left after --shorten-method {method} "
                                  f"with --max-positions={limit}")
         else:
             budgets = None
             too_long = np.flatnonzero(question_sizes + context_sizes + 1 > limit)
             if too_long.size:
                 line = int(too_long[0])
-                raise ValueError(
+                raise DataError(
                     f"{contexts_name}.bin, line {line + 1}: <s> question </s> context </s> needs "
                     f"{question_sizes[line] + context_sizes[line] + 1} positions, "
                     f"{td.describe_shortening(limit)} ({too_long.size} such line(s))"

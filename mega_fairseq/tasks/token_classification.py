@@ -34,6 +34,7 @@ from omegaconf import OmegaConf, open_dict
 from fairseq.data import Dictionary
 from fairseq.tasks import FairseqTask, register_task
 
+from mega_fairseq.errors import DataError, OptionError
 from mega_fairseq.tasks import token_data as td
 
 logger = logging.getLogger(__name__)
@@ -108,14 +109,14 @@ def check_labels(tokens, labels, label_dict, num_labels: int, tokens_name: str,
     """Alignment and label-vocabulary checks; ``ValueError`` naming the file and line."""
     token_sizes, label_sizes = td.item_sizes(tokens), td.item_sizes(labels)
     if len(token_sizes) != len(label_sizes):
-        raise ValueError(
+        raise DataError(
             f"{labels_name}.bin has {len(label_sizes)} lines but {tokens_name}.bin has "
             f"{len(token_sizes)}: the label file needs one line per input line"
         )
     wrong = np.flatnonzero(token_sizes != label_sizes)
     if wrong.size:
         line = int(wrong[0])
-        raise ValueError(
+        raise DataError(
             f"{labels_name}.bin, line {line + 1}: {label_sizes[line] - 1} labels for the "
             f"{token_sizes[line] - 1} tokens of line {line + 1} of {tokens_name}.bin (one label "
             f"per input token; {wrong.size} misaligned line(s) in all)"
@@ -131,7 +132,7 @@ def check_labels(tokens, labels, label_dict, num_labels: int, tokens_name: str,
         symbol = int(flat[bad[0]])
         what = ("an unknown label (binarized as <unk>)" if symbol == label_dict.unk()
                 else f"{label_dict[symbol]!r}, which is not a label")
-        raise ValueError(
+        raise DataError(
             f"{labels_name}.bin, line {line}, token {position}: {what}; every label must be in "
             f"{dict_path} (binarize all splits' labels with --srcdict {dict_path})"
         )
@@ -158,14 +159,14 @@ class TokenClassificationTask(FairseqTask):
         label_dictionary = Dictionary.load(label_path)
         num_labels = td.count_labels(label_dictionary)
         if num_labels < 1:
-            raise ValueError(f"{label_path} holds no labels")
+            raise DataError(f"{label_path} holds no labels")
         if cfg.num_labels > 0 and cfg.num_labels != num_labels:
-            raise ValueError(
+            raise OptionError(
                 f"--num-labels={cfg.num_labels} disagrees with {label_path}, which holds "
                 f"{num_labels} labels; drop --num-labels or fix the label dictionary"
             )
         if cfg.max_positions < 3:
-            raise ValueError(f"--max-positions must be at least 3 (<s> token </s>), got {cfg.max_positions}")
+            raise OptionError(f"--max-positions must be at least 3 (<s> token </s>), got {cfg.max_positions}")
         logger.info(f"[input] dictionary: {len(dictionary)} types; [label] {num_labels} labels")
         return cls(cfg, dictionary, label_dictionary, num_labels)
 
@@ -188,7 +189,7 @@ class TokenClassificationTask(FairseqTask):
             too_long = np.flatnonzero(lengths > limit)
             if too_long.size:
                 line = int(too_long[0])
-                raise ValueError(
+                raise DataError(
                     f"{tokens_name}.bin, line {line + 1}: {lengths[line]} tokens + <s> and </s> = "
                     f"{lengths[line] + 2} positions, {td.describe_shortening(self.cfg.max_positions)}"
                     f" ({too_long.size} such line(s))"
@@ -226,13 +227,13 @@ def build_model_with_token_head(task, cfg, from_checkpoint: bool, head_name: str
         cfg.max_positions = task.cfg.max_positions
     model = models.build_model(cfg, task, from_checkpoint)
     if not hasattr(model, "register_token_head"):
-        raise ValueError(
+        raise OptionError(
             f"model {type(model).__name__} has no token heads; use a mega_encoder architecture "
             "(e.g. --arch mega_encoder_tiny)"
         )
     model.register_token_head(head_name, num_labels)
     if model.max_positions() is not None and model.max_positions() < task.cfg.max_positions:
-        raise ValueError(
+        raise OptionError(
             f"the model accepts {model.max_positions()} positions, fewer than "
             f"--max-positions={task.cfg.max_positions}"
         )

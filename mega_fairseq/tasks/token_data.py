@@ -18,6 +18,8 @@ from omegaconf import II, MISSING
 from fairseq.data import FairseqDataset, data_utils
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
+from mega_fairseq.errors import DataError, MissingDataError
+
 logger = logging.getLogger(__name__)
 
 #: target value of positions that carry no label (``<s>``, ``</s>``, padding); it is the
@@ -61,7 +63,7 @@ def load_binarized(data: str, key: str, split: str, dictionary, combine: bool = 
     prefix = binarized_name(data, key, split)
     dataset = data_utils.load_indexed_dataset(prefix, dictionary, combine=combine)
     if dataset is None:
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"no binarized data {prefix}.bin/.idx (expected the output of "
             f"fairseq-preprocess --only-source --destdir {os.path.join(data, key)})"
         )
@@ -93,12 +95,12 @@ def check_ends_with_eos(dataset, sizes: np.ndarray, eos: int, prefix: str) -> No
         return
     if (sizes < 1).any():
         line = int(np.flatnonzero(sizes < 1)[0]) + 1
-        raise ValueError(f"{prefix}.bin, line {line}: empty item (expected fairseq-preprocess output)")
+        raise DataError(f"{prefix}.bin, line {line}: empty item (expected fairseq-preprocess output)")
     flat = concatenated_tokens(dataset)
     last = flat[np.cumsum(sizes) - 1]
     wrong = np.flatnonzero(last != eos)
     if wrong.size:
-        raise ValueError(
+        raise DataError(
             f"{prefix}.bin, line {int(wrong[0]) + 1}: item does not end with </s>; "
             "binarize the text with fairseq-preprocess --only-source"
         )

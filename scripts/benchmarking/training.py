@@ -310,7 +310,7 @@ def notes_for(comparisons: List[Comparison], plan: Plan, repeats: int) -> List[s
 def run(options: SectionOptions) -> SectionResult:
     """Parts a and b (see the module docstring); quick: tiny data, 3 updates per run."""
     plan = plan_for(options.quick)
-    root = Path(options.work_dir) / SECTION
+    root = Path(options.work_dir).resolve() / SECTION  # the commands run with cwd=root
     root.mkdir(parents=True, exist_ok=True)
     comparisons = comparisons_for(plan, prepare_lm_data(root, plan), prepare_mt_data(root, plan))
     previous_disable = logging.root.manager.disable

@@ -1,0 +1,552 @@
+"""Checkpoints of the original Mega code (facebookresearch/mega, a fork of fairseq 0.9.0)
+-> mega-fairseq models.
+
+Three model types are mapped; each has the same four steps, usable one by one by a
+converter script:
+
+1. :func:`load_original_checkpoint`: the checkpoint dict, loaded with
+   ``torch.load(weights_only=True)`` (its pickle needs ``argparse.Namespace`` only).
+2. :func:`config_from_original_args`: the original ``args`` Namespace (original option
+   names) -> our model config (``MegaLanguageModelConfig``, ``MegaTranslationConfig`` or
+   ``MegaEncoderModelConfig``). An option value our model cannot compute the same way is
+   refused with a ``ValueError`` naming the option.
+3. :func:`build_original_task`: the fairseq task holding the dictionaries, read from the
+   original data folder (``dict.txt``; ``dict.<lang>.txt``; ``src-bin/`` + ``label-bin/``).
+4. :func:`state_dict_from_original`: the original state dict -> ours (names, shapes).
+
+:func:`convert_original_checkpoint` does all four and returns the model with the weights
+loaded (``load_state_dict(strict=True)``), in eval mode.
+
+Model types (``kind``), from ``args.task`` and ``args.arch``:
+
+* ``"lm"``: ``--task language_modeling -a mega_lm*`` -> ``mega_lm``
+  (``MegaLanguageModel``);
+* ``"translation"``: ``--task translation -a mega*`` -> ``mega`` (``MegaModel``);
+* ``"lra"``: ``--task lra-text --input-type text``, ``--layer-type mega`` ->
+  ``mega_encoder`` (``MegaEncoderModel``) with a classification head.
+
+State-dict names (original -> ours), ``L`` the layer index::
+
+    <side>.layers.L.mega_layer.{gamma,beta}        <side>.layers.L.self_attn.{gamma,beta}  2 x z
+        row 0 makes the queries, row 1 the keys, in both
+    <side>.layers.L.mega_layer.move.<p>            <side>.layers.L.self_attn.ema.<p>
+        delta, alpha, beta D' x N x 1; gamma D' x N; omega D (D' = 2D when bidirectional)
+    ...mega_layer.{v_proj,mx_proj,h_proj}.*        ...self_attn.{v_proj,mx_proj,h_proj}.*
+        mx_proj (2D + z + h) x D: rows [u (D), z and r (z + h), hx (D)] in both
+    ...mega_layer.rel_pos_bias.rel_pos_bias        ...self_attn.rel_pos_bias.rel_pos_bias
+        2P - 1, same orientation (entry P - 1 + key - query)
+    ...mega_layer.rel_pos_bias.{alpha,beta} 1 x z  ...self_attn.rel_pos_bias.{alpha,beta} z
+    ...mega_layer.rel_pos_bias._float_tensor       (dropped: an unused dtype carrier)
+    ...mega_layer.norm.norm.<n>                    ...self_attn.norm.norm.<n>
+    ...nffn.{norm.norm.<n>,fc1.*,fc2.*}            ...ffn.{norm.norm.<n>,fc1.*,fc2.*}
+    ...cross_attn.<anything>                       ...cross_attn.<same>
+        q_proj (2D + z) x D: rows [u (D), r (D), q (z)] in both
+    <n>: weight, bias, running_mean, running_var, num_batches_tracked; scale norm's
+        ``scalar`` (1) -> ``weight`` (1)
+    <side>.embed_tokens.weight, decoder.output_projection.weight, <side>.final_norm.*
+                                                   the same names
+    <side>.version                                 (dropped: fairseq 0.9's format version)
+
+LRA classifier (``lra``)::
+
+    encoder.encoder.embed_tokens.embed.weight      encoder.embed_tokens.weight
+    encoder.encoder.layers.L.*                     encoder.layers.L.* (as above)
+    classifier.0.0.{weight,bias}                   classification_heads.<head>.dense.*
+    sentence_projection_layer.weight               classification_heads.<head>.out_proj.weight
+    (no bias in the original)                      classification_heads.<head>.out_proj.bias = 0
+    (no masked-LM head in the original)            lm_head.{dense,layer_norm,bias}: kept at
+                                                   their initial values, lm_head.weight tied
+                                                   to the embeddings
+
+Verified against outputs of the original (``tests/test_original_mega_parity.py``): layer
+norm, the simple relative bias, softmax attention, silu, pre- and post-norm, chunked and
+unchunked attention. Rotary bias, the other norms and attention functions are mapped by
+name only.
+"""
+
+import argparse
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+KINDS = ("lm", "translation", "lra")
+LRA_CLS_SYMBOL = "<CLS>"
+
+
+# ------------------------------------------------------------------ checkpoint
+def load_original_checkpoint(path: str) -> Dict[str, Any]:
+    """The checkpoint dict of the original code (keys ``args``, ``model``, ...), on CPU.
+
+    Loaded with ``weights_only=True``: the pickle may refer to ``argparse.Namespace``
+    besides tensors and containers, and to nothing else."""
+    # A ``safe_globals`` context would remove the namespace again on exit, also from the
+    # process-wide allow-list that mega_fairseq_compat installs for fairseq's checkpoints.
+    if argparse.Namespace not in torch.serialization.get_safe_globals():
+        torch.serialization.add_safe_globals([argparse.Namespace])
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("args", "model"):
+        if key not in checkpoint:
+            raise ValueError(f"{path} is not a checkpoint of the original Mega code: it has no {key!r} "
+                             f"(keys: {sorted(checkpoint)})")
+    if not isinstance(checkpoint["args"], argparse.Namespace):
+        raise ValueError(f"{path}: 'args' is a {type(checkpoint['args']).__name__}, not an argparse.Namespace "
+                         "(a checkpoint of hydra-era fairseq, not of the original Mega code?)")
+    return checkpoint
+
+
+def original_kind(args: argparse.Namespace) -> str:
+    """``"lm"``, ``"translation"`` or ``"lra"``, from ``args.task`` and ``args.arch``."""
+    task, arch = getattr(args, "task", None), str(getattr(args, "arch", ""))
+    if task == "language_modeling" and arch.startswith("mega_lm"):
+        return "lm"
+    if task == "translation" and arch.startswith("mega"):
+        return "translation"
+    if task in ("lra-text", "lra-image") and arch.startswith("mega_lra"):
+        return "lra"
+    raise ValueError(f"args.task={task!r} with args.arch={arch!r} is not a Mega model of the original code "
+                     f"that can be converted (language_modeling + mega_lm*, translation + mega*, "
+                     "lra-text + mega_lra_*)")
+
+
+# ------------------------------------------------------------------ args -> cfg
+def _get(args: argparse.Namespace, name: str, default: Any = None) -> Any:
+    return getattr(args, name, default)
+
+
+def _refuse(option: str, value: Any, why: str) -> None:
+    raise ValueError(f"original option --{option.replace('_', '-')}={value!r} cannot be converted: {why}")
+
+
+def _require(args: argparse.Namespace, option: str, allowed: Tuple, why: str, default: Any = None) -> None:
+    value = _get(args, option, default)
+    if value not in allowed:
+        _refuse(option, value, why)
+
+
+def _length_option(args: argparse.Namespace, option: str) -> Optional[int]:
+    """EMA truncation: None (full kernel) or a positive length. The original's 0 gives an
+    empty causal kernel (the EMA switched off) and crashes bidirectional layers, where ours
+    reads 0 as 'no truncation'; both are refused."""
+    value = _get(args, option)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        _refuse(option, value, "the original needs a positive length (0 switches its causal EMA off, and crashes "
+                "its bidirectional EMA) or no value")
+    return value
+
+
+def _chunk_option(args: argparse.Namespace, option: str) -> int:
+    """-1 (no chunking) or a positive chunk size."""
+    value = _get(args, option, -1)
+    if value is None or value < 0:
+        return -1
+    if value == 0:
+        _refuse(option, value, "a chunk size must be positive, or negative for no chunking")
+    return int(value)
+
+
+def _choice(args: argparse.Namespace, option: str, choices: Tuple[str, ...], default: str) -> str:
+    value = _get(args, option, default)
+    if value not in choices:
+        _refuse(option, value, f"our model offers {list(choices)}")
+    return value
+
+
+def _common_options(args: argparse.Namespace, norm_option: str = "normalization_type",
+                    activation_dropout_option: str = "activation_dropout") -> Dict[str, Any]:
+    """Options every Mega model shares, original name -> our field."""
+    from mega_fairseq.modules.activations import ACTIVATIONS, ATTENTION_ACTIVATIONS
+    from mega_fairseq.modules.relative_position import REL_POS_BIAS_TYPES
+    from mega_fairseq.modules.sequence_norm import NORM_TYPES
+
+    _require(args, "normalize_embedding", (False, None), "embedding norms are not mapped")
+    return dict(
+        dropout=float(_get(args, "dropout", 0.0)),
+        attention_dropout=float(_get(args, "attention_dropout", 0.0)),
+        hidden_dropout=float(_get(args, "hidden_dropout", 0.0) or 0.0),
+        activation_dropout=float(_get(args, activation_dropout_option, 0.0) or 0.0),
+        feature_dropout=bool(_get(args, "feature_dropout", False)),
+        activation_fn=_choice(args, "activation_fn", tuple(ACTIVATIONS), "silu"),
+        attention_activation_fn=_choice(args, "attention_activation_fn", tuple(ATTENTION_ACTIVATIONS), "softmax"),
+        normalization_type=_choice(args, norm_option, tuple(NORM_TYPES), "layernorm"),
+        rel_pos_bias=_choice(args, "rel_pos_bias", tuple(REL_POS_BIAS_TYPES), "simple"),
+        truncation_length=_length_option(args, "truncation_length"),
+        normalize_embedding=False,
+    )
+
+
+def _side_sizes(args: argparse.Namespace, side: str) -> Dict[str, Any]:
+    names = ("embed_dim", "hidden_dim", "z_dim", "n_dim", "ffn_embed_dim", "layers")
+    return {f"{side}_{name}": int(_get(args, f"{side}_{name}")) for name in names}
+
+
+def _lm_config(args: argparse.Namespace):
+    from mega_fairseq.models.mega_lm import MegaLanguageModelConfig
+
+    _require(args, "adaptive_input", (False, None), "adaptive input embeddings are not mapped")
+    _require(args, "adaptive_softmax_cutoff", (None,), "adaptive softmax is not mapped")
+    input_dim = _get(args, "decoder_input_dim", args.decoder_embed_dim)
+    if input_dim != args.decoder_embed_dim:
+        _refuse("decoder_input_dim", input_dim, f"our decoder needs it equal to --decoder-embed-dim "
+                f"({args.decoder_embed_dim})")
+    return MegaLanguageModelConfig(
+        **_common_options(args),
+        **_side_sizes(args, "decoder"),
+        decoder_chunk_size=_chunk_option(args, "decoder_chunk_size"),
+        normalize_before=bool(args.normalize_before),
+        no_affine_final_norm=bool(_get(args, "no_affine_final_norm", False)),
+        no_scale_embedding=bool(_get(args, "no_scale_embedding", False)),
+        share_decoder_input_output_embed=bool(_get(args, "share_decoder_input_output_embed", False)),
+        max_target_positions=int(args.max_target_positions),
+        tokens_per_sample=int(args.tokens_per_sample),
+    )
+
+
+def _translation_config(args: argparse.Namespace):
+    from mega_fairseq.models.mega_translation import MegaTranslationConfig
+
+    return MegaTranslationConfig(
+        **_common_options(args),
+        **_side_sizes(args, "encoder"),
+        **_side_sizes(args, "decoder"),
+        encoder_chunk_size=_chunk_option(args, "encoder_chunk_size"),
+        decoder_chunk_size=_chunk_option(args, "decoder_chunk_size"),
+        normalize_before=bool(args.normalize_before),
+        no_affine_final_norm=bool(_get(args, "no_affine_final_norm", False)),
+        no_scale_embedding=bool(_get(args, "no_scale_embedding", False)),
+        share_all_embeddings=bool(_get(args, "share_all_embeddings", False)),
+        share_decoder_input_output_embed=bool(_get(args, "share_decoder_input_output_embed", False)),
+        max_source_positions=int(args.max_source_positions),
+        max_target_positions=int(args.max_target_positions),
+    )
+
+
+@dataclass
+class LRAHeadSettings:
+    """The original LRA classifier: Linear(embed, inner_dim) -> activation (the model
+    config's ``pooler_activation_fn``) -> Linear(inner_dim, num_classes, no bias)."""
+
+    num_classes: int
+    inner_dim: int
+
+
+def _lra_config(args: argparse.Namespace):
+    from mega_fairseq.models.mega_encoder_model import POOLER_ACTIVATIONS, MegaEncoderModelConfig
+
+    _require(args, "layer_type", ("mega",), "only Mega layers are mapped")
+    _require(args, "input_type", ("text",), "only token inputs (lra-text) are mapped, not pixel embeddings")
+    _require(args, "sen_rep_type", ("mp",), "only mean pooling ('mp') is mapped")
+    _require(args, "use_p", (False, None), "the use_p sentence representation is not mapped")
+    _require(args, "classifier_layers", (1,), "the classifier is mapped with exactly one hidden layer")
+    embed_dim = int(args.encoder_embed_dim)
+    if _get(args, "classifier_in_dim", embed_dim) != embed_dim:
+        _refuse("classifier_in_dim", args.classifier_in_dim, f"must equal --encoder-embed-dim ({embed_dim})")
+    return MegaEncoderModelConfig(
+        **_common_options(args, norm_option="norm_type", activation_dropout_option="act_dropout"),
+        encoder_embed_dim=embed_dim,
+        encoder_hidden_dim=int(args.encoder_hidden_dim),
+        encoder_z_dim=int(args.z_dim),
+        encoder_n_dim=int(args.n_dim),
+        encoder_ffn_embed_dim=int(args.encoder_ffn_embed_dim),
+        encoder_layers=int(args.encoder_layers),
+        encoder_chunk_size=_chunk_option(args, "chunk_size"),
+        normalize_before=bool(_get(args, "encoder_normalize_before", False)),
+        no_affine_final_norm=False,
+        no_scale_embedding=True,  # the original LRA embedding is not scaled
+        max_source_positions=int(args.max_positions),
+        sentence_rep="mean",
+        pooler_activation_fn=_choice(args, "classifier_activation_fn", POOLER_ACTIVATIONS, "gelu"),
+        pooler_dropout=0.0,
+    )
+
+
+def lra_head_settings(args: argparse.Namespace) -> LRAHeadSettings:
+    """The classification head of an original LRA model."""
+    return LRAHeadSettings(num_classes=int(args.sentence_class_num), inner_dim=int(args.classifier_out_dim))
+
+
+_CONFIG_BUILDERS: Dict[str, Callable] = {"lm": _lm_config, "translation": _translation_config, "lra": _lra_config}
+
+
+def config_from_original_args(args: argparse.Namespace):
+    """Our model config for the original ``args`` (see :func:`original_kind`)."""
+    return _CONFIG_BUILDERS[original_kind(args)](args)
+
+
+# ---------------------------------------------------------------- state dicts
+# sub-module renames inside one block: original prefix -> ours (first match wins)
+_BLOCK_RENAMES: Tuple[Tuple[str, str], ...] = (
+    ("mega_layer.move.", "self_attn.ema."),
+    ("mega_layer.", "self_attn."),
+    ("nffn.", "ffn."),
+    ("cross_attn.", "cross_attn."),
+)
+# every key an original block may have
+_NORM_NAMES = r"norm\.norm\.(weight|bias|scalar|running_mean|running_var|num_batches_tracked)"
+_BIAS_NAMES = r"rel_pos_bias\.(rel_pos_bias|alpha|beta|_float_tensor)"
+_ORIGINAL_BLOCK_KEY = re.compile(
+    r"mega_layer\.(gamma|beta|move\.(delta|alpha|beta|gamma|omega)|(v|mx|h)_proj\.(weight|bias)"
+    rf"|{_BIAS_NAMES}|{_NORM_NAMES})"
+    rf"|nffn\.(fc[12]\.(weight|bias)|{_NORM_NAMES})"
+    rf"|cross_attn\.([qkvh]_proj\.(weight|bias)|{_BIAS_NAMES}|{_NORM_NAMES})"
+)
+_ROTARY_VECTORS = ("rel_pos_bias.alpha", "rel_pos_bias.beta")
+_ROTARY_DTYPE_BUFFER = "rel_pos_bias._float_tensor"
+_SCALE_NORM_SUFFIX = ".norm.norm.scalar"
+
+
+def block_state_from_original(block_state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """State dict of one original block (keys without the ``layers.L.`` prefix) -> ours.
+    Tensors are not copied (the rotary vectors become 1-D views)."""
+    unknown = sorted(key for key in block_state if not _ORIGINAL_BLOCK_KEY.fullmatch(key))
+    if unknown:
+        raise ValueError(f"unknown keys in an original Mega block: {unknown}")
+    ours: Dict[str, Tensor] = {}
+    for key, value in block_state.items():
+        if key.endswith(_ROTARY_DTYPE_BUFFER):
+            continue
+        original_prefix, our_prefix = next(pair for pair in _BLOCK_RENAMES if key.startswith(pair[0]))
+        new_key = our_prefix + key[len(original_prefix):]
+        if new_key.endswith(_ROTARY_VECTORS):
+            value = value.reshape(-1)
+        if new_key.endswith(_SCALE_NORM_SUFFIX):
+            new_key = new_key[: -len("scalar")] + "weight"
+        ours[new_key] = value
+    return ours
+
+
+def _split_layer_key(key: str, layers_prefix: str) -> Optional[Tuple[str, str]]:
+    """'<layers_prefix>L.rest' -> ('L', 'rest'); None for other keys."""
+    if not key.startswith(layers_prefix):
+        return None
+    index, _, rest = key[len(layers_prefix):].partition(".")
+    return index, rest
+
+
+def _stack_state(original: Mapping[str, Tensor], original_side: str, our_side: str,
+                 renames: Mapping[str, str]) -> Dict[str, Tensor]:
+    """The blocks and the named non-block keys of one stack. ``renames`` maps the other
+    original keys (after ``original_side.``) to ours (after ``our_side.``); ``version`` is
+    dropped; anything else is an error."""
+    original_prefix = original_side + "."
+    blocks: Dict[str, Dict[str, Tensor]] = {}
+    ours: Dict[str, Tensor] = {}
+    for key, value in original.items():
+        if not key.startswith(original_prefix):
+            continue
+        split = _split_layer_key(key, original_prefix + "layers.")
+        local = key[len(original_prefix):]
+        if split is not None:
+            blocks.setdefault(split[0], {})[split[1]] = value
+        elif local == "version":
+            continue
+        elif local in renames:
+            ours[f"{our_side}.{renames[local]}"] = value
+        elif local.startswith("final_norm."):
+            ours[f"{our_side}.{local}"] = value
+        else:
+            raise ValueError(f"unknown key in the original checkpoint: {key!r}")
+    for index, block in blocks.items():
+        for key, value in block_state_from_original(block).items():
+            ours[f"{our_side}.layers.{index}.{key}"] = value
+    return ours
+
+
+def _check_only_prefixes(original: Mapping[str, Tensor], prefixes: Tuple[str, ...]) -> None:
+    unknown = sorted(k for k in original if not k.startswith(prefixes))
+    if unknown:
+        raise ValueError(f"unknown keys in the original checkpoint: {unknown[:8]}")
+
+
+def lm_state_dict(original: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Original ``mega_lm`` state dict -> ``MegaLanguageModel`` state dict."""
+    _check_only_prefixes(original, ("decoder.",))
+    names = {"embed_tokens.weight": "embed_tokens.weight", "output_projection.weight": "output_projection.weight"}
+    return _stack_state(original, "decoder", "decoder", names)
+
+
+def translation_state_dict(original: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Original ``mega`` encoder-decoder state dict -> ``MegaModel`` state dict."""
+    _check_only_prefixes(original, ("encoder.", "decoder."))
+    embed = {"embed_tokens.weight": "embed_tokens.weight"}
+    ours = _stack_state(original, "encoder", "encoder", embed)
+    ours.update(_stack_state(original, "decoder", "decoder",
+                             dict(embed, **{"output_projection.weight": "output_projection.weight"})))
+    return ours
+
+
+def lra_state_dict(original: Mapping[str, Tensor], head_name: str) -> Dict[str, Tensor]:
+    """Original LRA classifier state dict -> ``MegaEncoderModel`` state dict without the
+    masked-LM head (see :func:`convert_original_checkpoint`): the encoder, and the
+    classification head ``head_name`` with a zero output bias."""
+    _check_only_prefixes(original, ("encoder.encoder.", "classifier.", "sentence_projection_layer."))
+    ours = _stack_state(original, "encoder.encoder", "encoder", {"embed_tokens.embed.weight": "embed_tokens.weight"})
+    head = f"classification_heads.{head_name}."
+    expected = {"classifier.0.0.weight", "classifier.0.0.bias", "sentence_projection_layer.weight"}
+    present = {k for k in original if k.startswith(("classifier.", "sentence_projection_layer."))}
+    if present != expected:
+        raise ValueError(f"the original LRA classifier must have exactly {sorted(expected)}, got {sorted(present)}")
+    ours[head + "dense.weight"] = original["classifier.0.0.weight"]
+    ours[head + "dense.bias"] = original["classifier.0.0.bias"]
+    projection = original["sentence_projection_layer.weight"]
+    ours[head + "out_proj.weight"] = projection
+    ours[head + "out_proj.bias"] = projection.new_zeros(projection.size(0))
+    return ours
+
+
+def state_dict_from_original(kind: str, original: Mapping[str, Tensor],
+                             head_name: Optional[str] = None) -> Dict[str, Tensor]:
+    """Original state dict of model type ``kind`` -> ours (``head_name``: LRA only)."""
+    if kind == "lm":
+        return lm_state_dict(original)
+    if kind == "translation":
+        return translation_state_dict(original)
+    if kind == "lra":
+        if head_name is None:
+            raise ValueError("the LRA state dict needs the classification head name")
+        return lra_state_dict(original, head_name)
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+# ---------------------------------------------------------------------- tasks
+def _lm_task(args: argparse.Namespace, data_dir: str):
+    from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
+
+    cfg = LanguageModelingConfig(data=data_dir, tokens_per_sample=int(args.tokens_per_sample),
+                                 sample_break_mode=_get(args, "sample_break_mode", "none") or "none")
+    return LanguageModelingTask.setup_task(cfg)
+
+
+def _translation_task(args: argparse.Namespace, data_dir: str):
+    from fairseq.tasks.translation import TranslationConfig, TranslationTask
+
+    cfg = TranslationConfig(
+        data=data_dir, source_lang=args.source_lang, target_lang=args.target_lang,
+        left_pad_source=bool(_get(args, "left_pad_source", True)),
+        left_pad_target=bool(_get(args, "left_pad_target", False)),
+        max_source_positions=int(args.max_source_positions), max_target_positions=int(args.max_target_positions),
+    )
+    return TranslationTask.setup_task(cfg)
+
+
+def lra_dictionaries(data_dir: str):
+    """(input dictionary, label dictionary) of an original ``lra-text`` data folder:
+    ``src-bin/dict.txt`` with ``<CLS>`` appended (as the original task does) and
+    ``label-bin/dict.txt``."""
+    from fairseq.data import Dictionary
+
+    source = Dictionary.load(os.path.join(data_dir, "src-bin", "dict.txt"))
+    source.add_symbol(LRA_CLS_SYMBOL)
+    labels = Dictionary.load(os.path.join(data_dir, "label-bin", "dict.txt"))
+    return source, labels
+
+
+def _lra_task(args: argparse.Namespace, data_dir: str):
+    from mega_fairseq.tasks.lra_common import DEFAULT_HEAD_NAME
+    from mega_fairseq.tasks.lra_text import LRATextConfig, LRATextTask
+
+    source, labels = lra_dictionaries(data_dir)
+    cfg = LRATextConfig(data=data_dir, num_classes=int(args.sentence_class_num),
+                        max_positions=int(args.max_positions), classification_head_name=DEFAULT_HEAD_NAME,
+                        seed=int(_get(args, "seed", 1)))
+    return LRATextTask(cfg, source, labels)
+
+
+_TASK_BUILDERS: Dict[str, Callable] = {"lm": _lm_task, "translation": _translation_task, "lra": _lra_task}
+
+
+def build_original_task(args: argparse.Namespace, data_dir: str):
+    """The fairseq task with the dictionaries of the original data folder ``data_dir``
+    (``language_modeling``: dict.txt; ``translation``: dict.<src>.txt, dict.<tgt>.txt;
+    ``lra-text``: src-bin/dict.txt + ``<CLS>``, label-bin/dict.txt)."""
+    return _TASK_BUILDERS[original_kind(args)](args, data_dir)
+
+
+# ---------------------------------------------------------------------- models
+def build_model(kind: str, cfg, task, head: Optional[LRAHeadSettings] = None):
+    """Our model for config ``cfg`` (randomly initialised), with the LRA head ``head``."""
+    if kind == "lm":
+        from mega_fairseq.models.mega_lm import MegaLanguageModel
+        return MegaLanguageModel.build_model(cfg, task)
+    if kind == "translation":
+        from mega_fairseq.models.mega_translation import MegaModel
+        return MegaModel.build_model(cfg, task)
+    from mega_fairseq.models.mega_encoder_model import MegaEncoderModel
+    from mega_fairseq.tasks.lra_common import classification_head_name
+
+    if head is None:
+        raise ValueError("an LRA model needs its head settings (lra_head_settings(args))")
+    model = MegaEncoderModel.build_model(cfg, task)
+    model.register_classification_head(classification_head_name(task.cfg), num_classes=head.num_classes,
+                                       inner_dim=head.inner_dim)
+    return model
+
+
+_FINGERPRINT_SUFFIX = "dictionary_fingerprint"
+
+
+def _complete_state(model: torch.nn.Module, state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """``state`` plus the entries of ``model`` the original has no counterpart for, taken
+    from the model itself: the masked-LM head of ``mega_encoder`` (unused by
+    classification) and the stacks' ``dictionary_fingerprint`` buffers, which hold the
+    fingerprints of the task's dictionaries the model was built with (what
+    ``mega_fairseq.models.dictionary_fingerprint.stamp_dictionary_fingerprint`` writes)."""
+    completed = dict(state)
+    for key, value in model.state_dict().items():
+        if key not in completed and (key.startswith("lm_head.") or key.endswith(_FINGERPRINT_SUFFIX)):
+            completed[key] = value
+    if "lm_head.weight" in completed and "encoder.embed_tokens.weight" in state:
+        completed["lm_head.weight"] = state["encoder.embed_tokens.weight"]
+    return completed
+
+
+def _check_tied(state: Mapping[str, Tensor], names: Tuple[str, ...]) -> None:
+    present = [n for n in names if n in state]
+    for name in present[1:]:
+        if not torch.equal(state[name], state[present[0]]):
+            raise ValueError(f"{name} differs from {present[0]}: the checkpoint's embeddings are not tied "
+                             "as its options say")
+
+
+def load_original_weights(model: torch.nn.Module, kind: str, state: Dict[str, Tensor], cfg) -> None:
+    """Load our-format ``state`` into ``model`` strictly (tied embeddings checked first)."""
+    if kind == "translation" and cfg.share_all_embeddings:
+        _check_tied(state, ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+                            "decoder.output_projection.weight"))
+    elif kind in ("lm", "translation") and cfg.share_decoder_input_output_embed:
+        _check_tied(state, ("decoder.embed_tokens.weight", "decoder.output_projection.weight"))
+    model.load_state_dict(_complete_state(model, state), strict=True)
+
+
+@dataclass
+class ConvertedModel:
+    """What :func:`convert_original_checkpoint` returns."""
+
+    kind: str
+    model: torch.nn.Module
+    cfg: Any
+    task: Any
+
+
+def convert_original_checkpoint(path: str, data_dir: str) -> ConvertedModel:
+    """Our model with the weights of the original checkpoint ``path`` (dictionaries from
+    the original data folder ``data_dir``), in eval mode."""
+    checkpoint = load_original_checkpoint(path)
+    args = checkpoint["args"]
+    kind = original_kind(args)
+    cfg = config_from_original_args(args)
+    task = build_original_task(args, data_dir)
+    head = lra_head_settings(args) if kind == "lra" else None
+    model = build_model(kind, cfg, task, head)
+    head_name = None
+    if kind == "lra":
+        from mega_fairseq.tasks.lra_common import classification_head_name
+        head_name = classification_head_name(task.cfg)
+    state = state_dict_from_original(kind, checkpoint["model"], head_name)
+    load_original_weights(model, kind, state, cfg)
+    return ConvertedModel(kind=kind, model=model.eval(), cfg=cfg, task=task)

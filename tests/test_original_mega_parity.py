@@ -1,0 +1,279 @@
+"""Whole models against outputs of the original Mega code (facebookresearch/mega).
+
+``tests/fixtures/original_mega/`` (see its README.md) holds three checkpoints written by
+the original code and the outputs it computed for fixed inputs: a ``mega_lm`` language
+model (lm_a), a ``mega_wmt_en_de`` translation model (mt_a) and an LRA ListOps classifier
+(lra_a). Each checkpoint is converted with :mod:`mega_fairseq.conversion.original_mega`
+and our model's outputs are compared in float32 with atol = rtol = 1e-5.
+
+Where ours deliberately differs from the original, the tests say so and compare what is
+defined in both:
+
+* Padded positions. The original multiplies the LM / translation decoder features by the
+  inverse padding mask, so its features there are 0, its logits 0 and its log-probs
+  uniform (-log V). Ours leaves outputs at padded positions unspecified (finite, not
+  zeroed); only real positions are compared, and ours are checked to be finite there.
+* Left-padded sources. Our encoder right-aligns a left-padded batch (outputs and
+  ``encoder_padding_mask`` are right-padded); the comparison realigns the original's.
+  The original's cross-attention relative bias counts source positions from the start of
+  the padded row, ours from the first real token (so that the result does not depend on
+  the padding in the batch). The MT row with a left-padded source is therefore compared
+  with our cross-attention made to count like the original.
+* Incremental decoding. The original LM decoder takes exactly one new token per step
+  (it does not slice the prefix); ours, like fairseq's SequenceGenerator, takes the whole
+  prefix and runs only the columns not decoded yet. The original's incremental EMA ignores
+  ``truncation_length``; these inputs are far shorter than the truncation, so that does not
+  show here.
+* LRA. The original pads the sequence to a multiple of the chunk size (10 -> 12) before
+  the blocks; ours pads the attention chunks only, and returns 10 positions. The original's
+  extra positions are checked to be 0.
+"""
+
+import argparse
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mega_fairseq.conversion.original_mega import (
+    config_from_original_args,
+    convert_original_checkpoint,
+    load_original_checkpoint,
+    original_kind,
+    state_dict_from_original,
+)
+from mega_fairseq.modules.gated_cross_attention import GatedCrossAttention
+from mega_fairseq.tasks.lra_common import DEFAULT_HEAD_NAME
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "original_mega"
+TOLERANCE = dict(atol=1e-5, rtol=1e-5)
+PAD = 1
+
+
+def _load(name: str):
+    """(converted model, io.pt inputs, io.pt outputs) of fixture ``name``."""
+    folder = FIXTURES / name
+    converted = convert_original_checkpoint(str(folder / "checkpoint.pt"), str(folder))
+    io = torch.load(folder / "io.pt", map_location="cpu", weights_only=True)
+    return converted, io["inputs"], io["outputs"]
+
+
+def _assert_close(ours: torch.Tensor, original: torch.Tensor, what: str) -> None:
+    torch.testing.assert_close(ours.float(), original.float(), **TOLERANCE, msg=lambda m: f"{what}: {m}")
+
+
+def _incremental_lprobs(decoder, tokens: torch.Tensor, encoder_out=None) -> torch.Tensor:
+    """B x T x V log-probs, decoding token by token with an incremental state; each step
+    passes the prefix tokens[:, :t+1] (B x (t+1))."""
+    state = {}
+    steps = []
+    for t in range(tokens.size(1)):
+        logits, _ = decoder(tokens[:, : t + 1], encoder_out=encoder_out, incremental_state=state)
+        steps.append(F.log_softmax(logits.float(), dim=-1))
+    return torch.cat(steps, dim=1)
+
+
+# ------------------------------------------------------------------------- LM
+@pytest.fixture(scope="module")
+def lm():
+    return _load("lm_a")
+
+
+def test_lm_converts_to_our_model(lm):
+    converted, _, _ = lm
+    assert converted.kind == "lm"
+    assert type(converted.model).__name__ == "MegaLanguageModel"
+    assert len(converted.task.target_dictionary) == 56
+    assert converted.model.decoder.output_projection.weight is converted.model.decoder.embed_tokens.weight
+
+
+def test_lm_full_forward_matches_original(lm):
+    converted, inputs, outputs = lm
+    model, tokens = converted.model, inputs["src_tokens"]
+    real = tokens.ne(PAD)
+    with torch.no_grad():
+        net_output = model(tokens, src_lengths=inputs["src_lengths"])
+        lprobs = model.get_normalized_probs(net_output, log_probs=True)
+        features, _ = model.decoder.extract_features(tokens)
+    _assert_close(net_output[0][real], outputs["logits"][real], "logits")
+    _assert_close(lprobs[real], outputs["lprobs"][real], "lprobs")
+    _assert_close(features[real], outputs["features"][real], "features")
+    assert torch.isfinite(net_output[0]).all()
+
+
+def test_lm_incremental_decoding_matches_original(lm):
+    converted, inputs, outputs = lm
+    tokens = inputs["src_tokens"]
+    real = tokens.ne(PAD)
+    with torch.no_grad():
+        lprobs = _incremental_lprobs(converted.model.decoder, tokens)
+    _assert_close(lprobs[real], outputs["lprobs_incremental_step"][real], "incremental lprobs")
+    assert torch.isfinite(lprobs).all()
+
+
+def test_lm_original_zeroes_padded_positions(lm):
+    """What the original gives at padded positions (not compared with ours, see the module
+    docstring): features 0, logits 0, uniform log-probs."""
+    _, inputs, outputs = lm
+    pad = inputs["src_tokens"].eq(PAD)
+    uniform = torch.full_like(outputs["lprobs"][pad], -math.log(56))
+    assert torch.equal(outputs["features"][pad], torch.zeros_like(outputs["features"][pad]))
+    assert torch.equal(outputs["logits"][pad], torch.zeros_like(outputs["logits"][pad]))
+    _assert_close(outputs["lprobs"][pad], uniform, "original lprobs at padding")
+    _assert_close(outputs["lprobs_incremental_step"][pad], uniform, "original incremental lprobs at padding")
+
+
+# ------------------------------------------------------------------------- MT
+@pytest.fixture(scope="module")
+def mt():
+    converted, inputs, outputs = _load("mt_a")
+    with torch.no_grad():
+        encoder_out = converted.model.encoder(inputs["src_tokens"], inputs["src_lengths"])
+    return converted, inputs, outputs, encoder_out
+
+
+def _right_aligned(time_major: torch.Tensor, left_padding_mask: torch.Tensor) -> torch.Tensor:
+    """A left-padded S x B x C tensor -> right-padded (real positions first in each row)."""
+    aligned = torch.zeros_like(time_major)
+    for b in range(time_major.size(1)):
+        real = (~left_padding_mask[b]).nonzero().squeeze(-1)
+        aligned[: real.numel(), b] = time_major[real, b]
+    return aligned
+
+
+def test_mt_converts_to_our_model(mt):
+    converted, _, _, _ = mt
+    model = converted.model
+    assert converted.kind == "translation"
+    assert type(model).__name__ == "MegaModel"
+    assert model.encoder.embed_tokens.weight is model.decoder.embed_tokens.weight
+    assert model.decoder.output_projection.weight is model.decoder.embed_tokens.weight
+
+
+def test_mt_encoder_matches_original(mt):
+    """Ours is right-aligned, the original's output left-padded; both are 0 at padding."""
+    _, inputs, outputs, encoder_out = mt
+    original_mask = outputs["encoder_padding_mask"]
+    assert torch.equal(original_mask, inputs["src_tokens"].eq(PAD))
+    ours_mask = encoder_out["encoder_padding_mask"][0]
+    lengths = (~original_mask).sum(dim=1)
+    assert torch.equal(ours_mask, torch.arange(original_mask.size(1)).unsqueeze(0) >= lengths.unsqueeze(1))
+    ours = encoder_out["encoder_out"][0]
+    assert ours.shape == outputs["encoder_out"].shape  # S x B x C, time-major
+    _assert_close(ours, _right_aligned(outputs["encoder_out"], original_mask), "encoder_out")
+
+
+def _first_row_without_source_padding(inputs) -> int:
+    return int(inputs["src_tokens"].eq(PAD).any(dim=1).logical_not().nonzero()[0])
+
+
+def test_mt_decoder_matches_original_for_unpadded_source(mt):
+    converted, inputs, outputs, encoder_out = mt
+    model, b = converted.model, _first_row_without_source_padding(inputs)
+    real = inputs["prev_output_tokens"][b].ne(PAD)
+    with torch.no_grad():
+        net_output = model(inputs["src_tokens"], inputs["src_lengths"], inputs["prev_output_tokens"])
+        lprobs = model.get_normalized_probs(net_output, log_probs=True)
+        incremental = _incremental_lprobs(model.decoder, inputs["prev_output_tokens"], encoder_out)
+    _assert_close(net_output[0][b][real], outputs["logits"][b][real], "logits")
+    _assert_close(lprobs[b][real], outputs["lprobs"][b][real], "lprobs")
+    _assert_close(incremental[b][real], outputs["lprobs_incremental_step"][b][real], "incremental lprobs")
+
+
+def _original_cross_attention_positions(self, first_position, tgt_len, src_len, key_padding_mask, device):
+    """GatedCrossAttention._position_bias counting source positions from the start of the
+    (padded) row, as the original does."""
+    return _OUR_POSITION_BIAS(self, first_position, tgt_len, src_len, None, device)
+
+
+_OUR_POSITION_BIAS = GatedCrossAttention._position_bias
+
+
+def test_mt_decoder_matches_original_for_left_padded_source(mt, monkeypatch):
+    """Every row, the left-padded one included, once our cross-attention counts source
+    positions as the original (from the start of the padded row) and reads the original's
+    left-padded encoder output."""
+    converted, inputs, outputs, _ = mt
+    decoder, tokens = converted.model.decoder, inputs["prev_output_tokens"]
+    monkeypatch.setattr(GatedCrossAttention, "_position_bias", _original_cross_attention_positions)
+    original_encoder_out = {"encoder_out": [outputs["encoder_out"]],
+                            "encoder_padding_mask": [outputs["encoder_padding_mask"]]}
+    real = tokens.ne(PAD)
+    with torch.no_grad():
+        logits, _ = decoder(tokens, encoder_out=original_encoder_out)
+        incremental = _incremental_lprobs(decoder, tokens, original_encoder_out)
+    _assert_close(logits[real], outputs["logits"][real], "logits")
+    _assert_close(F.log_softmax(logits, dim=-1)[real], outputs["lprobs"][real], "lprobs")
+    _assert_close(incremental[real], outputs["lprobs_incremental_step"][real], "incremental lprobs")
+
+
+# ------------------------------------------------------------------------ LRA
+@pytest.fixture(scope="module")
+def lra():
+    return _load("lra_a")
+
+
+def test_lra_converts_to_our_model(lra):
+    converted, _, _ = lra
+    model = converted.model
+    assert converted.kind == "lra"
+    assert type(model).__name__ == "MegaEncoderModel"
+    assert len(converted.task.source_dictionary) == 57  # the original appends <CLS>
+    head = model.classification_heads[DEFAULT_HEAD_NAME]
+    assert (head.dense.out_features, head.out_proj.out_features) == (160, 10)
+    assert torch.equal(head.out_proj.bias, torch.zeros(10))
+
+
+def test_lra_matches_original(lra):
+    converted, inputs, outputs = lra
+    model, tokens, lengths = converted.model, inputs["src_tokens"], inputs["src_lengths"]
+    with torch.no_grad():
+        logits, _ = model(tokens, lengths, classification_head_name=DEFAULT_HEAD_NAME)
+        encoder_out = model.encoder(tokens, lengths)
+        sentence = model.sentence_representation(tokens)
+    _assert_close(logits, outputs["logits"], "logits")
+    _assert_close(sentence, outputs["sentence_rep"], "sentence representation")
+    last_state = encoder_out["encoder_out"][0]  # T x B x C
+    length = tokens.size(1)
+    _assert_close(last_state, outputs["encoder_last_state"][:length], "encoder last state")
+    assert torch.equal(outputs["encoder_last_state"][length:], torch.zeros_like(outputs["encoder_last_state"][length:]))
+
+
+# ------------------------------------------------------------------ refusals
+def _args(name: str) -> argparse.Namespace:
+    return load_original_checkpoint(str(FIXTURES / name / "checkpoint.pt"))["args"]
+
+
+@pytest.mark.parametrize("name, option, value, message", [
+    ("lm_a", "truncation_length", 0, "--truncation-length=0"),
+    ("lm_a", "adaptive_input", True, "--adaptive-input=True"),
+    ("lm_a", "decoder_input_dim", 8, "--decoder-input-dim=8"),
+    ("lm_a", "attention_activation_fn", "element", "--attention-activation-fn='element'"),
+    ("mt_a", "normalize_embedding", True, "--normalize-embedding=True"),
+    ("mt_a", "encoder_chunk_size", 0, "--encoder-chunk-size=0"),
+    ("lra_a", "layer_type", "transformer", "--layer-type='transformer'"),
+    ("lra_a", "sen_rep_type", "cp", "--sen-rep-type='cp'"),
+    ("lra_a", "classifier_layers", 2, "--classifier-layers=2"),
+])
+def test_unmappable_option_values_are_refused(name, option, value, message):
+    args = _args(name)
+    setattr(args, option, value)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        config_from_original_args(args)
+
+
+def test_unknown_state_dict_key_is_refused():
+    checkpoint = load_original_checkpoint(str(FIXTURES / "lm_a" / "checkpoint.pt"))
+    state = dict(checkpoint["model"])
+    state["decoder.layers.0.mega_layer.extra.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="mega_layer.extra.weight"):
+        state_dict_from_original(original_kind(checkpoint["args"]), state)
+
+
+def test_other_models_are_refused():
+    args = _args("mt_a")
+    args.arch = "transformer_wmt_en_de"
+    with pytest.raises(ValueError, match="transformer_wmt_en_de"):
+        original_kind(args)
