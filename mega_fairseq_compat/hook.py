@@ -5,6 +5,7 @@ For a module it does not watch it returns ``None`` at once (one dict look-up), s
 cost for processes that never import fairseq is negligible.
 """
 
+import importlib
 import importlib.abc
 import importlib.machinery
 import sys
@@ -13,84 +14,23 @@ from typing import Callable, Dict, List
 Fix = Callable[[], None]
 
 
-def _dataclass_defaults() -> None:
-    from mega_fairseq_compat import dataclass_defaults
-
-    dataclass_defaults.apply()
-
-
-def _before_fairseq() -> None:
-    # torch is fairseq's first import anyway; the allow-list must be in place before
-    # fairseq can load a checkpoint.
-    from mega_fairseq_compat import checkpoint_loading, numpy_compat
-
-    checkpoint_loading.apply()
-    numpy_compat.apply()
-
-
-def _after_fairseq_utils() -> None:
-    from mega_fairseq_compat import user_dir
-
-    user_dir.apply()
-
-
-def _after_transformer_layer() -> None:
-    from mega_fairseq_compat import better_transformer
-
-    better_transformer.apply()
-
-
-def _after_distributed_fairseq_model() -> None:
-    from mega_fairseq_compat import distributed
-
-    distributed.apply()
-
-
-def _after_iterators() -> None:
-    from mega_fairseq_compat import background_batches
-
-    background_batches.apply()
-
-
-def _after_indexed_dataset() -> None:
-    from mega_fairseq_compat import data_checks
-
-    data_checks.apply()
-
-
-def _after_fairseq() -> None:
-    from mega_fairseq_compat import user_errors
-
-    user_errors.apply()
-
-
-def _after_eval_lm() -> None:
-    from mega_fairseq_compat import eval_lm_checks
-
-    eval_lm_checks.apply()
-
-
-def _after_checkpoint_utils() -> None:
-    from mega_fairseq_compat import checkpoint_diagnosis, checkpoint_saving
-
-    checkpoint_saving.apply()
-    checkpoint_diagnosis.apply()
-
-
-def _mixed_precision(fix_name: str, *args) -> Fix:
-    """A fix of :mod:`mega_fairseq_compat.mixed_precision` (imported only when it runs)."""
+def _fix(module_name: str, function_name: str = "apply", *args) -> Fix:
+    """``mega_fairseq_compat.<module_name>.<function_name>(*args)``, imported only when it runs."""
 
     def fix() -> None:
-        from mega_fairseq_compat import mixed_precision
-
-        getattr(mixed_precision, fix_name)(*args)
+        module = importlib.import_module(f"mega_fairseq_compat.{module_name}")
+        getattr(module, function_name)(*args)
 
     return fix
 
 
+_dataclass_defaults = _fix("dataclass_defaults")
+
 # module name -> fixes to run before the module's code executes
 BEFORE_IMPORT: Dict[str, List[Fix]] = {
-    "fairseq": [_dataclass_defaults, _before_fairseq],
+    # torch is fairseq's first import anyway; the allow-list must be in place before
+    # fairseq can load a checkpoint.
+    "fairseq": [_dataclass_defaults, _fix("checkpoint_loading"), _fix("numpy_compat")],
     "hydra": [_dataclass_defaults],
 }
 # module name -> fixes to run after the module's code executed
@@ -100,28 +40,29 @@ AFTER_IMPORT: Dict[str, List[Fix]] = {
     # is also installed as soon as ``dataclasses`` itself is imported; it changes nothing
     # for classes outside fairseq and hydra.
     "dataclasses": [_dataclass_defaults],
-    "fairseq.utils": [_after_fairseq_utils],
-    "fairseq.modules.transformer_layer": [_after_transformer_layer],
-    "fairseq.models.distributed_fairseq_model": [_after_distributed_fairseq_model],
-    "fairseq.data.iterators": [_after_iterators],
-    "fairseq.data.indexed_dataset": [_after_indexed_dataset],
+    # one-line errors for uncaught user-facing exceptions
+    "fairseq": [_fix("user_errors")],
+    "fairseq.utils": [_fix("user_dir")],
+    "fairseq.modules.transformer_layer": [_fix("better_transformer")],
+    "fairseq.models.distributed_fairseq_model": [_fix("distributed")],
+    "fairseq.data.iterators": [_fix("background_batches")],
+    "fairseq.data.indexed_dataset": [_fix("data_checks")],
     # mixed precision (--fp16/--bf16/--amp) on the CPU and clear errors for bad combinations
-    "fairseq.options": [_mixed_precision("apply_options")],
-    "fairseq.optim.fp16_optimizer": [_mixed_precision("apply_fp16_optimizer")],
-    "fairseq.optim.amp_optimizer": [_mixed_precision("apply_amp_optimizer")],
-    "fairseq.tasks.fairseq_task": [_mixed_precision("apply_fairseq_task")],
-    "fairseq.trainer": [_mixed_precision("apply_trainer")],
-    "fairseq.checkpoint_utils": [_mixed_precision("apply_checkpoint_utils")],
-    "fairseq_cli.hydra_train": [_mixed_precision("apply_hydra_train")],
-    **{name: [_mixed_precision("apply_inference_cli", name)]
+    "fairseq.options": [_fix("mixed_precision", "apply_options")],
+    "fairseq.optim.fp16_optimizer": [_fix("mixed_precision", "apply_fp16_optimizer")],
+    "fairseq.optim.amp_optimizer": [_fix("mixed_precision", "apply_amp_optimizer")],
+    "fairseq.tasks.fairseq_task": [_fix("mixed_precision", "apply_fairseq_task")],
+    "fairseq.trainer": [_fix("mixed_precision", "apply_trainer")],
+    # checkpoint files appear atomically; unloadable ones get an error naming the file
+    "fairseq.checkpoint_utils": [_fix("mixed_precision", "apply_checkpoint_utils"),
+                                 _fix("checkpoint_saving"), _fix("checkpoint_diagnosis")],
+    "fairseq_cli.hydra_train": [_fix("mixed_precision", "apply_hydra_train")],
+    **{name: [_fix("mixed_precision", "apply_inference_cli", name)]
        for name in ("fairseq_cli.eval_lm", "fairseq_cli.generate", "fairseq_cli.validate",
                     "fairseq_cli.interactive")},
 }
-# one-line errors for uncaught user-facing exceptions; fairseq-eval-lm runs that score nothing fail
-AFTER_IMPORT.setdefault("fairseq", []).append(_after_fairseq)
-AFTER_IMPORT["fairseq_cli.eval_lm"].append(_after_eval_lm)
-# checkpoint files appear atomically; unloadable ones get an error naming the file and the problem
-AFTER_IMPORT["fairseq.checkpoint_utils"].append(_after_checkpoint_utils)
+# fairseq-eval-lm runs that score nothing fail
+AFTER_IMPORT["fairseq_cli.eval_lm"].append(_fix("eval_lm_checks"))
 
 
 class _PatchingLoader(importlib.abc.Loader):

@@ -32,6 +32,7 @@ import prepare_enwik8  # noqa: E402
 import prepare_gettext_corpus  # noqa: E402
 import prepare_vader_sentiment  # noqa: E402
 import text_input  # noqa: E402
+from test_vader_and_examples import _tar_bytes  # noqa: E402
 
 QUIET_ENV = {"OMP_NUM_THREADS": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 # the third line holds "caf" + Latin-1 "é" (0xe9) followed by a space: 18 bytes precede it
@@ -243,17 +244,8 @@ def vader_sdist(path: Path, tweets: bytes) -> Path:
     files = {name: rows for name in prepare_vader_sentiment.SOURCES.values()}
     files["tweets_GroundTruth.txt"] = tweets
 
-    def tar_bytes(members: dict) -> bytes:
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-            for name, data in members.items():
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
-        return buffer.getvalue()
-
-    inner = tar_bytes({f"{prepare_vader_sentiment.INNER_FOLDER}/{name}": data for name, data in files.items()})
-    path.write_bytes(tar_bytes({f"vaderSentiment-3.3.2/{prepare_vader_sentiment.INNER_TARBALL}": inner}))
+    inner = _tar_bytes({f"{prepare_vader_sentiment.INNER_FOLDER}/{name}": data for name, data in files.items()})
+    path.write_bytes(_tar_bytes({f"vaderSentiment-3.3.2/{prepare_vader_sentiment.INNER_TARBALL}": inner}))
     return path
 
 

@@ -36,6 +36,13 @@ def _sizes(side: str, layers: int = 2) -> dict:
             f"{side}_z_dim": 8, f"{side}_n_dim": 4, f"{side}_layers": layers}
 
 
+def perturbed_eval_model(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """``model`` in float64 with every parameter perturbed, in eval mode."""
+    model = model.double()
+    perturb(model, seed=seed)
+    return model.eval()
+
+
 def perturb(model: torch.nn.Module, seed: int) -> None:
     """Add N(0, 0.3^2) noise to every parameter (tied ones once) and draw random batch-norm
     running statistics."""
@@ -109,9 +116,7 @@ def build_lm(dictionary, opts):
 def test_language_model_matches_reference(opts):
     torch.manual_seed(0)
     dictionary = make_dictionary(20)
-    model = build_lm(dictionary, opts).double()
-    perturb(model, seed=1)
-    model.eval()
+    model = perturbed_eval_model(build_lm(dictionary, opts), seed=1)
     params = parameters_of(model)
     sequences = [random_sentence(dictionary, n, seed) for n, seed in ((9, 1), (6, 2), (4, 3))]
     batch = padded_batch(sequences, dictionary.pad(), left=False)
@@ -152,9 +157,7 @@ def build_mt(dictionary, opts):
 def test_translation_model_matches_reference(opts):
     torch.manual_seed(0)
     dictionary = make_dictionary(24)
-    model = build_mt(dictionary, opts).double()
-    perturb(model, seed=2)
-    model.eval()
+    model = perturbed_eval_model(build_mt(dictionary, opts), seed=2)
     params = parameters_of(model)
     sources = [random_sentence(dictionary, n, seed) for n, seed in ((9, 1), (5, 2), (7, 3))]
     targets = [random_sentence(dictionary, n, seed) for n, seed in ((8, 4), (10, 5), (6, 6))]
