@@ -8,8 +8,13 @@ last of many lines. :func:`apply` (run when ``fairseq`` is imported) installs a
 
     <prog>: error: <message>
 
-(the form argparse uses for bad options). With ``MEGA_FAIRSEQ_TRACEBACK=1`` the
-traceback is printed before that line. Other exceptions go to the hook that was
+(the form argparse uses for bad options). fairseq sometimes wraps an error in its own
+generic one (``Trainer.load_checkpoint`` turns any failure to load the model's state into
+"Cannot load model parameters ...; please ensure that the architectures match"); a
+user-facing error found in the exception's chain (``raise ... from`` or raised while
+handling it) is then the line printed, followed by the wrapping message in brackets, which
+names the file. With ``MEGA_FAIRSEQ_TRACEBACK=1`` the traceback is printed before that
+line. Other exceptions go to the hook that was
 installed before. The interpreter's exit status stays 1.
 
 Only the class attribute is looked at, so this module imports nothing of the plugin
@@ -27,6 +32,17 @@ _MARK = "_mega_fairseq_user_errors"
 def is_user_facing(error: BaseException) -> bool:
     """Whether ``error``'s class declares ``user_facing = True``."""
     return getattr(type(error), "user_facing", False) is True
+
+
+def user_facing_in_chain(error: BaseException):
+    """The outermost user-facing error among ``error`` and its causes and contexts, or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if is_user_facing(error):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def program_name() -> str:
@@ -50,12 +66,16 @@ def make_excepthook(previous):
     """A ``sys.excepthook`` printing user-facing errors as one line, others via ``previous``."""
 
     def excepthook(exc_type, error, tb):
-        if error is None or not is_user_facing(error):
+        facing = None if error is None else user_facing_in_chain(error)
+        if facing is None:
             previous(exc_type, error, tb)
             return
         if traceback_requested():
             traceback.print_exception(exc_type, error, tb, file=sys.stderr)
-        print(error_line(error, program_name()), file=sys.stderr, flush=True)
+        line = error_line(facing, program_name())
+        if facing is not error:
+            line += " [" + " ".join(str(error).split()) + "]"
+        print(line, file=sys.stderr, flush=True)
 
     setattr(excepthook, _MARK, True)
     return excepthook

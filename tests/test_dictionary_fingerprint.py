@@ -162,7 +162,8 @@ def test_eval_lm_refuses_a_test_set_binarised_with_a_reordered_dictionary(tmp_pa
     reordered_dict = tmp_path / "reordered_dict.txt"
     reordered_dict.write_text("".join([lines[1], lines[0], *lines[2:]]))
     reordered = tmp_path / "bin_reordered"
-    run_cli([*preprocess, "--srcdict", reordered_dict, "--testpref", text / "test.txt",
+    run_cli([*preprocess, "--srcdict", reordered_dict, "--trainpref", text / "train.txt",
+             "--validpref", text / "valid.txt", "--testpref", text / "test.txt",
              "--destdir", reordered], env=THREADS)
 
     def eval_lm(directory, checkpoint):
@@ -180,6 +181,18 @@ def test_eval_lm_refuses_a_test_set_binarised_with_a_reordered_dictionary(tmp_pa
     reordered_fp = dictionary_fingerprint(Dictionary.load(str(reordered_dict)))
     assert "dictionary mismatch" in log and trained_fp in log and reordered_fp in log, log[-3000:]
     assert "fairseq-preprocess --only-source --srcdict" in log
+
+    # resuming training on the reordered data: fairseq's trainer wraps the error in its
+    # generic "architectures match" one; the user still reads the mismatch, with the file
+    command = [console_script("fairseq-train"), reordered, *LM_TRAIN, "--save-dir", save]
+    command[command.index("--max-update") + 1] = "6"
+    resumed = subprocess.run([str(a) for a in command], capture_output=True, text=True,
+                             timeout=300, env=dict(os.environ, **THREADS))
+    assert resumed.returncode == 1, resumed.stderr[-3000:]
+    last_line = resumed.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("fairseq-train: error: dictionary mismatch"), last_line
+    assert reordered_fp in last_line and "checkpoint_last.pt" in last_line
+    assert "Traceback" not in resumed.stderr
 
     evaluated = eval_lm(data, save / "checkpoint_last.pt")
     assert evaluated.returncode == 0 and "Perplexity" in evaluated.stdout + evaluated.stderr

@@ -81,6 +81,25 @@ def test_hook_prints_user_facing_errors_as_one_line(capsys, monkeypatch):
     assert err.startswith("Traceback") and err.endswith("fairseq-train: error: --x must be positive\n")
 
 
+def test_hook_finds_a_user_facing_error_that_fairseq_wrapped(capsys, monkeypatch):
+    # fairseq's Trainer.load_checkpoint replaces any load failure by a generic Exception
+    monkeypatch.delenv(user_errors.TRACEBACK_VARIABLE, raising=False)
+    monkeypatch.setattr(sys, "argv", ["fairseq-train"])
+    seen = []
+    hook = user_errors.make_excepthook(lambda *info: seen.append(info))
+    try:
+        try:
+            raise _Facing("dictionary mismatch: use --srcdict")
+        except Exception:
+            raise Exception("Cannot load model parameters from checkpoint ck/last.pt")
+    except Exception as wrapped:
+        hook(type(wrapped), wrapped, wrapped.__traceback__)
+    assert capsys.readouterr().err == (
+        "fairseq-train: error: dictionary mismatch: use --srcdict "
+        "[Cannot load model parameters from checkpoint ck/last.pt]\n")
+    assert not seen
+
+
 def test_hook_passes_other_errors_on(capsys):
     seen = []
     hook = user_errors.make_excepthook(lambda *info: seen.append(info))
