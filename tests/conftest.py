@@ -13,6 +13,11 @@ BIN = Path(sys.executable).parent
 BUNDLED_TEXT = REPO / "examples" / "language_model" / "data"
 SCRIPTS = REPO / "scripts"
 
+# the data scripts import their helpers as top-level modules (``python scripts/NAME.py``
+# puts scripts/ first on sys.path); the tests import the scripts and helpers the same way
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))
+
 
 DEVICE_ENV = "MEGA_FAIRSEQ_TEST_DEVICE"
 
@@ -69,8 +74,6 @@ def python_snippet(code: str, **kwargs):
 def write_copy_corpus(directory: Path, seed: int = 0, sizes=(("train", 400), ("valid", 40), ("test", 40))):
     """A parallel corpus whose target is the source, in 12 one-letter words: something a
     tiny model learns fast (scripts/accelerator_check.py writes it)."""
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
     from accelerator_check import write_copy_corpus as write
 
     return write(directory, 0, 0, seed=seed, words=[chr(ord("a") + i) for i in range(12)],

@@ -5,14 +5,8 @@ passed (the incremental and the recomputing greedy decoders produced the same to
 
 import json
 import math
-import sys
-from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))  # as scripts/benchmark.py imports its sections
-
-from benchmarking.results import SectionOptions  # noqa: E402
+from benchmarking.results import SectionOptions  # scripts/ is on sys.path (conftest)
 
 
 def _quick_options(tmp_path) -> SectionOptions:

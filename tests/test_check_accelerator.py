@@ -19,8 +19,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))  # as scripts/benchmark.py imports its sections
 
 import accelerator_check as check  # noqa: E402
 from benchmarking import layer_scaling, measure  # noqa: E402

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, console_script, run_cli
-from ngram_baseline import majority_accuracy, read_labels
+from mega_fairseq.evaluation.count_baselines import majority_accuracy, read_labels
 
 USER_DIR = REPO / "mega_fairseq"
 WORDS = "a b c d e f g h".split()  # "a" carries the signal of the learnable tasks

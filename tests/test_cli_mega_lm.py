@@ -6,7 +6,7 @@ import re
 import pytest
 
 from conftest import REPO, console_script, run_cli
-from ngram_baseline import unigram_perplexity
+from mega_fairseq.evaluation.count_baselines import unigram_perplexity
 
 TRAIN = [
     "--user-dir", REPO / "mega_fairseq", "--task", "language_modeling", "--arch", "mega_lm_tiny",

@@ -1,15 +1,9 @@
 """scripts/count_parameters.py: used-parameter counts and FFN-width matching of baselines,
 checked against counts of independently built neighbours."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-
-import count_parameters  # noqa: E402
+import count_parameters  # scripts/ is on sys.path (conftest)
 
 
 @pytest.fixture(scope="module")

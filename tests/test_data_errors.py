@@ -23,8 +23,6 @@ import pytest
 from conftest import BUNDLED_TEXT, REPO, SCRIPTS, console_script, run_cli
 from mega_fairseq_compat.data_checks import EmptySplitError, empty_split_message
 
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
 import atomic_output  # noqa: E402
 import generate_listops  # noqa: E402
 import images_to_pixel_sequences  # noqa: E402

@@ -6,7 +6,6 @@ import pytest
 
 from conftest import BUNDLED_TEXT, REPO, run_cli
 
-sys.path.insert(0, str(REPO / "scripts"))
 import prepare_enwik8  # noqa: E402
 import prepare_lm_text  # noqa: E402
 

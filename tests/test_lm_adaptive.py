@@ -10,6 +10,7 @@ from fairseq.modules import AdaptiveInput, AdaptiveSoftmax
 
 from conftest import REPO, console_script, run_cli
 from lm_helpers import build_lm, make_dictionary, random_tokens
+from mega_fairseq.evaluation.count_baselines import unigram_perplexity
 
 ADAPTIVE = dict(adaptive_input_cutoff="8,16", adaptive_softmax_cutoff="8,16")
 CONFIGS = {
@@ -81,11 +82,14 @@ def test_train_and_eval_lm_with_adaptive_input_and_softmax(tmp_path, shakespeare
     losses = [float(x) for x in re.findall(r"\| train_inner \| .* loss=([0-9.]+)", log)]
     assert len(losses) >= 4 and losses[-1] < losses[0] - 1.0, losses
 
-    vocabulary = sum(1 for _ in open(shakespeare_lm_data / "dict.txt")) + 4
     evaluated = run_cli([console_script("fairseq-eval-lm"), shakespeare_lm_data, "--user-dir",
                          REPO / "mega_fairseq", "--path", save / "checkpoint_last.pt", "--gen-subset",
                          "test", "--cpu", "--tokens-per-sample", "64", "--batch-size", "8"])
     output = evaluated.stdout + evaluated.stderr
     perplexity = float(re.search(r"Perplexity: ([0-9.]+)", output).group(1))
-    # far better than uniform over the vocabulary after 25 updates
-    assert perplexity < vocabulary / 5, (perplexity, vocabulary)
+    # below the context-free unigram model of the same split (344 here; the model reaches
+    # about 250 after 25 updates): adaptive input/softmax that broke the token ids' meaning
+    # or sequence mixing that ignores the context cannot get there
+    baseline = unigram_perplexity(shakespeare_lm_data, "test")
+    print(f"PPL unigram {baseline:.2f} model {perplexity:.2f}")
+    assert perplexity < 0.85 * baseline, (perplexity, baseline)

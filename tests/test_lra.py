@@ -17,7 +17,6 @@ import torch.nn as nn
 
 from conftest import REPO, console_script, run_cli
 
-sys.path.insert(0, str(REPO / "scripts"))
 import generate_listops  # noqa: E402
 import images_to_pixel_sequences as img2seq  # noqa: E402
 

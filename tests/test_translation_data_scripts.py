@@ -19,7 +19,6 @@ import pytest
 
 from conftest import REPO, run_cli
 
-sys.path.insert(0, str(REPO / "scripts"))
 import prepare_gettext_corpus as corpus  # noqa: E402
 import train_sentencepiece  # noqa: E402
 

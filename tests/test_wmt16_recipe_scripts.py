@@ -19,7 +19,6 @@ from sacrebleu.metrics import BLEU
 
 from conftest import REPO, console_script, run_cli
 
-sys.path.insert(0, str(REPO / "scripts"))
 import prepare_wmt16_en_de as prepare  # noqa: E402
 import score_translation as scoring  # noqa: E402
 

@@ -1,12 +1,13 @@
-"""Count-based baselines for the trained-model tests, computed from the binarised data the
-fairseq console scripts read.
+"""Count-based baselines that a trained model must beat, computed from the binarised data
+the fairseq console scripts read (the trained-model tests and ``scripts/main_job.sh``
+compare with them).
 
 ``unigram_perplexity``: an add-one smoothed unigram model estimated on the train split and
 scored on every token of an evaluation split, end-of-sentence tokens included, in base 2:
 the units of ``fairseq-eval-lm``'s ``Loss (base 2)`` / ``Perplexity``.  It ignores all
 context, so a language model whose sequence mixing is broken cannot do much better.
 ``majority_accuracy``: the accuracy (percent) of always predicting the most frequent
-training label, for the classification tests.
+training label, for classification.
 """
 
 import math
