@@ -492,7 +492,7 @@ def plain_attend(layer, q, k, v, query_positions, key_positions, key_padding_mas
 @pytest.mark.parametrize("query_offset", [0, 3])  # 3: the last queries of a window, as in decoding
 def test_fast_attention_path_equals_plain_masks(activation, causal, causal_block, padding, query_offset):
     layer = build_layer(attention_activation=activation, causal=causal, eval_mode=True)
-    layer.causal_block_size = causal_block
+    layer.attention.causal_block_size = causal_block
     torch.manual_seed(2)
     n, lk = 3, 7
     lq = lk - query_offset
@@ -508,7 +508,11 @@ def test_fast_attention_path_equals_plain_masks(activation, causal, causal_block
         if padding == "whole rows":
             mask[2] = True  # a window made only of padding
     results = []
-    for attend in (layer._attend, lambda *args: plain_attend(layer, *args)):
+    def fast_attend(q, k, v, query_positions, key_positions, mask):
+        bias = layer.rel_pos_bias(query_positions, key_positions)
+        return layer.attention(q, k, v, bias, mask)
+
+    for attend in (fast_attend, lambda *args: plain_attend(layer, *args)):
         output, weights = attend(q, k, v, query_positions, key_positions, mask)
         grads = torch.autograd.grad((output * torch.linspace(-1, 1, layer.hdim, dtype=torch.float64)).sum()
                                     + weights.pow(2).sum(), (q, k, v, layer.rel_pos_bias.rel_pos_bias))
@@ -532,10 +536,10 @@ def test_blockwise_causal_attention_equals_whole_window(activation, chunk):
     results = []
     for block in (0, 2):
         layer = build_layer(attention_activation=activation, causal=True, chunk_size=chunk)
-        layer.causal_block_size = block
+        layer.attention.causal_block_size = block
         window_calls = []
-        attend_window = layer._attend_window
-        layer._attend_window = lambda *args, **kwargs: window_calls.append(1) or attend_window(*args, **kwargs)
+        attend_window = layer.attention.attend_window
+        layer.attention.attend_window = lambda *args, **kwargs: window_calls.append(1) or attend_window(*args, **kwargs)
         out, weights = layer(x, mask, need_weights=True)
         # chunk 8: 3 chunks (19 tokens) of 4 blocks each; whole window: 7 blocks of 3 queries
         assert len(window_calls) == (1 if block == 0 else (4 if chunk > 0 else 7))

@@ -130,14 +130,17 @@ def test_attention_weights_in_float32(causal, activation, rel_pos_bias, dtype, d
                           else layer.rel_pos_bias.alpha, std=1.0)
     q, k, mask = _attention_inputs(device)
     positions = torch.arange(6, device=device)
+
+    def weights(layer, q, k):  # the bias and the attention kernel, as the layer runs them
+        return layer.attention.weights(q, k, layer.rel_pos_bias(positions, positions, 5), mask)
+
     with torch.no_grad():
-        expected = layer._attention_weights(q, k, positions, positions, mask, None)
+        expected = weights(layer, q, k)
         with torch.autocast(device.type, dtype=dtype):
-            under_autocast = layer._attention_weights(q, k, positions, positions, mask, None)
+            under_autocast = weights(layer, q, k)
         half_layer, reference_layer = rounded_copy(layer, dtype, device)
-        from_half = half_layer._attention_weights(q.to(dtype), k.to(dtype), positions, positions, mask, None)
-        from_rounded = reference_layer._attention_weights(q.to(dtype).float(), k.to(dtype).float(),
-                                                          positions, positions, mask, None)
+        from_half = weights(half_layer, q.to(dtype), k.to(dtype))
+        from_rounded = weights(reference_layer, q.to(dtype).float(), k.to(dtype).float())
     assert under_autocast.dtype == from_half.dtype == torch.float32
     torch.testing.assert_close(under_autocast, expected, rtol=1e-6, atol=1e-7)
     assert torch.equal(from_half, from_rounded)
@@ -149,13 +152,18 @@ def test_cross_attention_weights_in_float32(activation, dtype, device):
     torch.manual_seed(0)
     module = GatedCrossAttention(16, 8, attention_activation=activation, max_positions=16).to(device)
     q, k, mask = _attention_inputs(device, queries=4)
+
+    def weights(module, q, k):  # queries from target position 2, as in a decoding step
+        bias = module._position_bias(2, q.size(1), k.size(1), mask, q.device)
+        return module.attention.weights(q, k, bias, mask)
+
     with torch.no_grad():
-        expected = module._attention_weights(q, k, mask, 2)
+        expected = weights(module, q, k)
         with torch.autocast(device.type, dtype=dtype):
-            under_autocast = module._attention_weights(q, k, mask, 2)
+            under_autocast = weights(module, q, k)
         half_module, reference_module = rounded_copy(module, dtype, device)
-        from_half = half_module._attention_weights(q.to(dtype), k.to(dtype), mask, 2)
-        from_rounded = reference_module._attention_weights(q.to(dtype).float(), k.to(dtype).float(), mask, 2)
+        from_half = weights(half_module, q.to(dtype), k.to(dtype))
+        from_rounded = weights(reference_module, q.to(dtype).float(), k.to(dtype).float())
     assert under_autocast.dtype == from_half.dtype == torch.float32
     torch.testing.assert_close(under_autocast, expected, rtol=1e-6, atol=1e-7)
     assert torch.equal(from_half, from_rounded)

@@ -66,7 +66,7 @@ def test_presets_and_parameter_counts(arch, wmt_sized_data):
             assert attention.ema.ndim == ndim and attention.ema.truncation == truncation
             assert block.ffn.fc1.out_features == ffn
             assert attention.dropout.p == block.ffn.dropout.p == dropout
-            assert attention.attention_dropout.p == attention.hidden_dropout.p == inner_dropout
+            assert attention.attention.dropout.p == attention.hidden_dropout.p == inner_dropout
             assert block.ffn.hidden_dropout.p == inner_dropout  # --activation-dropout
             assert attention.attention_activation == "softmax" and not attention.prenorm
             assert type(attention.rel_pos_bias).__name__ == "SimpleRelativePositionalBias"
@@ -86,7 +86,7 @@ def test_command_line_options_win_over_presets(wmt_sized_data):
     assert len(model.encoder.layers) == 3 and len(model.decoder.layers) == 6
     attention = model.decoder.layers[0].self_attn
     assert attention.chunk_size == 16
-    assert attention.dropout.p == 0.2 and attention.attention_dropout.p == 0.1
+    assert attention.dropout.p == 0.2 and attention.attention.dropout.p == 0.1
     assert model.encoder.final_norm is not None and model.decoder.final_norm is not None
     # not shared unless asked: separate source/target embeddings and output projection
     assert model.encoder.embed_tokens is not model.decoder.embed_tokens

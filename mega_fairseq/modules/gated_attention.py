@@ -12,10 +12,9 @@ With residual = x (T x B x C) and x normalised first when pre-norm:
     h        = dropout(act(hx + W_h(hidden_dropout(attn * r))))
     out      = residual + u * (h - residual)     (then normalised when post-norm)
 
-Attention weights: softmax(q k^T / sqrt(zdim) + bias), or act(q k^T / n + bias) with act
-laplace or relu^2 and n the number of keys the query may see (not padded, and not in the
-future when causal). bias is a relative positional bias over positions inside the
-attention window (the chunk when chunked).
+attention(q, k, v) is :class:`~mega_fairseq.modules.attention_kernel.SingleHeadAttention`
+(softmax, laplace or relu^2 weights) with a relative positional bias over positions inside
+the attention window (the chunk when chunked).
 """
 
 import math
@@ -25,21 +24,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fairseq.incremental_decoding_utils import with_incremental_state
-from fairseq.modules.fairseq_dropout import FairseqDropout
 from torch import Tensor
 
-from mega_fairseq.modules.activations import (
-    ATTENTION_ACTIVATIONS,
-    check_choice,
-    get_activation_fn,
-    laplace,
-    relu2,
-)
+from mega_fairseq.modules.activations import get_activation_fn
+from mega_fairseq.modules.attention_kernel import SingleHeadAttention
 from mega_fairseq.modules.dropout import build_dropout
 from mega_fairseq.modules.ema import MultiDimensionalDampedEMA
 from mega_fairseq.modules.incremental import IncrementalState
 from mega_fairseq.modules.length_options import optional_length
-from mega_fairseq.modules.precision import full_precision, upcast
 from mega_fairseq.modules.relative_position import build_relative_positional_bias
 from mega_fairseq.modules.sequence_norm import SequenceNorm
 
@@ -48,9 +40,6 @@ ATTENTION_STATE = "attention_state"
 PREV_KEY = "prev_key"
 PREV_VALUE = "prev_value"
 PREV_KEY_PADDING_MASK = "prev_key_padding_mask"
-# queries per block of a long causal attention window (see MovingAverageGatedAttention._attend)
-CAUSAL_BLOCK_SIZE = 256  # the smallest block
-MAX_CAUSAL_BLOCKS = 8
 
 
 def _check_positive(option: str, value) -> None:
@@ -136,7 +125,6 @@ class MovingAverageGatedAttention(nn.Module):
         for option, value in (("dropout", dropout), ("attention_dropout", attention_dropout),
                               ("hidden_dropout", hidden_dropout)):
             _check_probability(option, value)
-        check_choice("attention_activation", attention_activation, ATTENTION_ACTIVATIONS)
         if bidirectional is None:
             bidirectional = not causal
         if causal and bidirectional:
@@ -158,14 +146,12 @@ class MovingAverageGatedAttention(nn.Module):
         self.prenorm = prenorm
         self.attention_activation = attention_activation
         self.max_positions = max_positions
-        self.scaling = zdim ** -0.5
-        # causal windows of at least four times this many queries attend block by block
-        self.causal_block_size = CAUSAL_BLOCK_SIZE
 
         self.activation = get_activation_fn(activation)
         self.dropout = build_dropout(dropout, feature_dropout, self.__class__.__name__)
         self.hidden_dropout = build_dropout(hidden_dropout, feature_dropout, self.__class__.__name__)
-        self.attention_dropout = FairseqDropout(attention_dropout, module_name=self.__class__.__name__)
+        self.attention = SingleHeadAttention(zdim, attention_activation, attention_dropout, causal,
+                                             module_name=self.__class__.__name__)
 
         self.norm = SequenceNorm(norm_type, embed_dim, affine=norm_affine)
         self.ema = MultiDimensionalDampedEMA(embed_dim, ndim=ndim, bidirectional=bidirectional,
@@ -249,144 +235,6 @@ class MovingAverageGatedAttention(nn.Module):
         return out, weights
 
     # ---------------------------------------------------------------- attention
-    def _attend(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        query_positions: Tensor,
-        key_positions: Tensor,
-        key_padding_mask: Optional[Tensor],
-        window_bias: Optional[Tensor] = None,
-        need_weights: bool = True,
-    ) -> Tuple[Tensor, Optional[Tensor]]:
-        """:meth:`_attend_window` (same arguments and results; the weights may be None
-        without ``need_weights``); a long causal window is split into blocks of at least
-        ``causal_block_size`` queries (at most MAX_CAUSAL_BLOCKS blocks), each attending only
-        to the keys up to its own end, which skips the scores, weights and dropout of the
-        all-future upper blocks (close to half the work of a long window)."""
-        num_queries = q.size(1)
-        # at most MAX_CAUSAL_BLOCKS blocks: each block's key slice costs a pass over the keys
-        # in the backward, so very many small blocks would lose what they save
-        block = max(self.causal_block_size, -(-num_queries // MAX_CAUSAL_BLOCKS))
-        # below four blocks the saving is too small to pay for the extra operations
-        if not self.causal or self.causal_block_size <= 0 or num_queries < 4 * block:
-            return self._attend_window(q, k, v, query_positions, key_positions, key_padding_mask, window_bias)
-        first_query = k.size(1) - num_queries  # queries are the last Lq keys
-        outputs, weights = [], []
-        for start in range(0, num_queries, block):
-            end = min(start + block, num_queries)
-            keys_end = first_query + end  # keys beyond the block's last query are all future
-            output, block_weights = self._attend_window(
-                q[:, start:end], k[:, :keys_end], v[:, :keys_end], query_positions[start:end],
-                key_positions[:keys_end],
-                None if key_padding_mask is None else key_padding_mask[:, :keys_end],
-                None if window_bias is None else window_bias[start:end, :keys_end],
-            )
-            outputs.append(output)
-            if need_weights:
-                weights.append(F.pad(block_weights, (0, k.size(1) - keys_end)))
-        return torch.cat(outputs, dim=1), (torch.cat(weights, dim=1) if need_weights else None)
-
-    def _attend_window(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        query_positions: Tensor,
-        key_positions: Tensor,
-        key_padding_mask: Optional[Tensor],
-        window_bias: Optional[Tensor] = None,
-    ) -> Tuple[Tensor, Tensor]:
-        """Attention of every query on every key of one window.
-
-        q: N x Lq x zdim; k: N x Lk x zdim; v: N x Lk x hdim; query_positions: Lq and
-        key_positions: Lk (LongTensors, positions inside the window; the keys are always
-        0 .. Lk - 1 and the queries the last Lq of them); key_padding_mask: N x Lk bool or
-        None; window_bias: the relative bias (Lq x Lk) when already built. Returns
-        (N x Lq x hdim output, N x Lq x Lk weights).
-
-        Keys a query may not see (future keys when causal, padded keys) get a score of -inf,
-        which every activation maps to a weight of exactly 0 (softmax: exp(-inf); laplace:
-        erf(-inf) = -1; relu2: relu(-inf) = 0) with a zero gradient. The future mask is folded
-        into the Lq x Lk bias and the scale into the score product, so no N x Lq x Lk mask is
-        ever built. A query that sees no key at all (a padded one) gets zero weights.
-        """
-        weights = self._attention_weights(q, k, query_positions, key_positions, key_padding_mask,
-                                          window_bias).to(v.dtype)
-        output = torch.bmm(self.attention_dropout(weights), v)
-        return output, weights
-
-    def _attention_weights(
-        self,
-        q: Tensor,
-        k: Tensor,
-        query_positions: Tensor,
-        key_positions: Tensor,
-        key_padding_mask: Optional[Tensor],
-        window_bias: Optional[Tensor],
-    ) -> Tensor:
-        """The weights of :meth:`_attend_window` (N x Lq x Lk), computed in float32 (float64
-        for float64 inputs), also under autocast: scores, bias, masks and the activation."""
-        with full_precision(q.device):
-            return self._float32_attention_weights(upcast(q), upcast(k), query_positions,
-                                                   key_positions, key_padding_mask, window_bias)
-
-    def _float32_attention_weights(self, q: Tensor, k: Tensor, query_positions: Tensor,
-                                   key_positions: Tensor, key_padding_mask: Optional[Tensor],
-                                   window_bias: Optional[Tensor]) -> Tensor:
-        if window_bias is None:
-            # keys sit at 0 .. Lk - 1 and the queries are the last Lq of them
-            bias = self.rel_pos_bias(query_positions, key_positions, largest_position=k.size(1) - 1)
-        else:
-            bias = window_bias
-        # the queries are always the last Lq keys of the window, so a single query (a
-        # decoding step) has no future key to hide
-        if self.causal and query_positions.numel() > 1:
-            future = key_positions.unsqueeze(0) > query_positions.unsqueeze(1)  # Lq x Lk
-            bias = bias.masked_fill(future, float("-inf"))
-        key_hidden = None if key_padding_mask is None else key_padding_mask.unsqueeze(1)  # N x 1 x Lk
-        visible: object = None
-        if self.attention_activation != "softmax" or key_padding_mask is not None:
-            visible = self._visible_key_counts(query_positions, key_positions, key_padding_mask)
-        bias = bias.to(q.dtype).unsqueeze(0)
-        if self.attention_activation == "softmax":
-            scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=self.scaling)
-        elif isinstance(visible, int):
-            scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=1.0 / max(visible, 1))
-        else:
-            # n: the number of keys each query may see (at least 1 to keep padded queries finite)
-            scores = torch.bmm(q, k.transpose(1, 2)).div_(visible.clamp(min=1).to(q.dtype)).add_(bias)
-        if key_hidden is not None:
-            scores = scores.masked_fill_(key_hidden, float("-inf"))
-        no_visible_key = None  # N x Lq x 1 (or N x 1 x 1) bool; only padding hides every key
-        if key_padding_mask is not None:
-            no_visible_key = visible == 0
-        if self.attention_activation == "softmax":
-            if no_visible_key is not None:
-                # finite scores for queries without keys; their weights are zeroed below
-                scores = scores.masked_fill_(no_visible_key, 0.0)
-            weights = F.softmax(scores, dim=-1)
-            if no_visible_key is not None:
-                weights = weights.masked_fill(no_visible_key, 0.0)
-            return weights
-        return laplace(scores) if self.attention_activation == "laplace" else relu2(scores)
-
-    def _visible_key_counts(self, query_positions: Tensor, key_positions: Tensor,
-                            key_padding_mask: Optional[Tensor]):
-        """How many keys each query may see: an int when it is the same for all (no padding,
-        not causal), else a tensor broadcastable to N x Lq x 1 (Lq x 1 without padding)."""
-        if key_padding_mask is None:
-            if not self.causal:
-                return key_positions.numel()
-            # keys are at positions 0 .. Lk - 1: query i sees keys 0 .. i
-            return (query_positions + 1).clamp(max=key_positions.numel()).unsqueeze(-1)
-        real_keys = (~key_padding_mask).to(torch.long)  # N x Lk
-        if not self.causal:
-            return real_keys.sum(dim=-1).view(-1, 1, 1)
-        seen_up_to = real_keys.cumsum(dim=-1)  # N x Lk: real keys at positions <= j
-        return seen_up_to.index_select(1, query_positions).unsqueeze(-1)
-
     def _full_attention(
         self, q: Tensor, k: Tensor, v: Tensor, padding_mask: Optional[Tensor], need_weights: bool
     ) -> Tuple[Tensor, Optional[Tensor]]:
@@ -412,10 +260,8 @@ class MovingAverageGatedAttention(nn.Module):
         v = v.reshape(batch * num_chunks, window, self.hdim)
         if key_padding_mask is not None:
             key_padding_mask = key_padding_mask.reshape(batch * num_chunks, window)
-        positions = torch.arange(window, device=q.device)
-        output, weights = self._attend(q, k, v, positions, positions, key_padding_mask,
-                                       window_bias=self.rel_pos_bias.window_bias(window),
-                                       need_weights=need_weights)
+        output, weights = self.attention(q, k, v, self.rel_pos_bias.window_bias(window),
+                                         key_padding_mask, need_weights=need_weights)
         output = output.reshape(batch, num_chunks * window, self.hdim)[:, :length]
         if not need_weights:
             return output, None
@@ -466,10 +312,12 @@ class MovingAverageGatedAttention(nn.Module):
             key_padding_mask = _concat_padding_masks(
                 prev_mask, None if padding_mask is None else padding_mask[:, start:end], batch,
                 decoded_in_window, end - start)
+            # the new queries are the last of the window's keys
             query_positions = torch.arange(decoded_in_window, keys.size(1), device=q.device)
             key_positions = torch.arange(keys.size(1), device=q.device)
-            output, weights = self._attend(q[:, start:end], keys, values, query_positions,
-                                           key_positions, key_padding_mask, need_weights=need_weights)
+            bias = self.rel_pos_bias(query_positions, key_positions, largest_position=keys.size(1) - 1)
+            output, weights = self.attention(q[:, start:end], keys, values, bias, key_padding_mask,
+                                             need_weights=need_weights)
             outputs.append(output)
             if need_weights:
                 if self.chunked:

@@ -6,19 +6,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fairseq.incremental_decoding_utils import with_incremental_state
-from fairseq.modules.fairseq_dropout import FairseqDropout
 from torch import Tensor
 
-from mega_fairseq.modules.activations import (
-    ATTENTION_ACTIVATIONS,
-    check_choice,
-    get_activation_fn,
-    laplace,
-    relu2,
-)
+from mega_fairseq.modules.activations import get_activation_fn
+from mega_fairseq.modules.attention_kernel import SingleHeadAttention
 from mega_fairseq.modules.dropout import build_dropout
 from mega_fairseq.modules.incremental import IncrementalState
-from mega_fairseq.modules.precision import full_precision, upcast
 from mega_fairseq.modules.relative_position import build_relative_positional_bias
 from mega_fairseq.modules.sequence_norm import SequenceNorm
 
@@ -32,7 +25,8 @@ class GatedCrossAttention(nn.Module):
     With x the layer input (Tq x B x C) and enc the encoder output (Tk x B x C):
         [u, r, q] = W_q norm(x)            (pre-norm; plain x in post-norm)
         u = sigmoid(u), r = silu(r), k = W_k enc, v = act(W_v enc)
-        A = attention weights of q on k with a relative position bias (B x Tq x Tk)
+        A = attention weights of q on k with a relative position bias (B x Tq x Tk;
+            ``attention_kernel.SingleHeadAttention``, not causal)
         h = dropout(act(W_h hidden_dropout((A v) * r)))
         out = x + u * (h - x)              (then norm(out) in post-norm)
     Incremental decoding caches k, v and the key padding mask of the encoder output once
@@ -46,13 +40,11 @@ class GatedCrossAttention(nn.Module):
                  feature_dropout: bool = False, rel_pos_bias: str = "simple",
                  max_positions: int = 1024):
         super().__init__()
-        check_choice("attention_activation", attention_activation, ATTENTION_ACTIVATIONS)
         self.embed_dim = embed_dim
         self.zdim = zdim
         self.attention_activation = attention_activation
         self.prenorm = prenorm
         self.max_positions = max_positions
-        self.scaling = zdim ** -0.5
         self.activation = get_activation_fn(activation)
         name = self.__class__.__name__
 
@@ -64,7 +56,8 @@ class GatedCrossAttention(nn.Module):
         self.rel_pos_bias = build_relative_positional_bias(rel_pos_bias, zdim, max_positions)
         self.dropout = build_dropout(dropout, feature_dropout, name)
         self.hidden_dropout = build_dropout(hidden_dropout, feature_dropout, name)
-        self.attention_dropout = FairseqDropout(attention_dropout, module_name=name)
+        self.attention = SingleHeadAttention(zdim, attention_activation, attention_dropout,
+                                             causal=False, module_name=name)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -119,43 +112,6 @@ class GatedCrossAttention(nn.Module):
         shifted = (key_positions.unsqueeze(0) - leading_padding.unsqueeze(1)).clamp(min=0)  # B x Tk
         return self.rel_pos_bias(query_positions, shifted, largest_position)
 
-    def _attention_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor],
-                           first_query_position: int) -> Tensor:
-        """q: B x Tq x zdim, k: B x Tk x zdim, key_padding_mask: B x Tk -> weights B x Tq x Tk,
-        computed in float32 (float64 for float64 inputs), also under half precision."""
-        with full_precision(q.device):
-            return self._float32_attention_weights(upcast(q), upcast(k), key_padding_mask,
-                                                   first_query_position)
-
-    def _float32_attention_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor],
-                                   first_query_position: int) -> Tensor:
-        scores = torch.bmm(q, k.transpose(1, 2))  # B x Tq x Tk
-        bias = self._position_bias(first_query_position, q.size(1), k.size(1), key_padding_mask,
-                                   q.device).to(scores.dtype)
-        key_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(1)  # B x 1 x Tk
-
-        if self.attention_activation == "softmax":
-            # in place: the product's backward does not need its result
-            scores = scores.mul_(self.scaling).add_(bias)
-            if key_mask is None:
-                return F.softmax(scores, dim=-1)
-            scores = scores.masked_fill_(key_mask, float("-inf"))
-            # a source that is all padding: finite scores, then zero weights (as self-attention)
-            no_visible_key = key_mask.all(dim=-1, keepdim=True)  # B x 1 x 1
-            scores = scores.masked_fill_(no_visible_key, 0.0)
-            return F.softmax(scores, dim=-1).masked_fill(no_visible_key, 0.0)
-
-        # laplace / relu2: scores scaled by the number of real keys, no renormalisation
-        if key_mask is None:
-            num_keys = torch.full((q.size(0), 1, 1), k.size(1), dtype=scores.dtype, device=q.device)
-        else:
-            num_keys = (~key_mask).sum(dim=-1, keepdim=True).clamp(min=1).to(scores.dtype)
-        scores = scores / num_keys + bias
-        weights = laplace(scores) if self.attention_activation == "laplace" else relu2(scores)
-        if key_mask is not None:
-            weights = weights.masked_fill(key_mask, 0.0)
-        return weights
-
     def forward(self, query: Tensor, key: Tensor, key_padding_mask: Optional[Tensor] = None,
                 incremental_state: Optional[IncrementalState] = None,
                 need_weights: bool = False,
@@ -182,9 +138,9 @@ class GatedCrossAttention(nn.Module):
             k, v = self._project_key_value(key)
             first_query_position = 0
 
-        weights = self._attention_weights(q.transpose(0, 1), k, key_padding_mask,
-                                          first_query_position).to(v.dtype)
-        attended = torch.bmm(self.attention_dropout(weights), v).transpose(0, 1)  # Tq x B x C
+        bias = self._position_bias(first_query_position, tgt_len, k.size(1), key_padding_mask, k.device)
+        attended, weights = self.attention(q.transpose(0, 1), k, v, bias, key_padding_mask)
+        attended = attended.transpose(0, 1)  # Tq x B x C
         h = self.hidden_dropout(attended * r)
         h = self.dropout(self.activation(self.h_proj(h)))
         out = torch.addcmul(residual, u, h - residual)
