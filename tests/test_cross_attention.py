@@ -133,10 +133,12 @@ def test_padded_batch_equals_each_sequence_alone(attention_activation, rel_pos_b
         torch.testing.assert_close(weights[b:b + 1, :, :n], alone_weights)
 
 
-def decode_in_blocks(module, query, key, mask, blocks, state):
+def decode_in_blocks(module, query, key, mask, blocks, state, first_position=0):
+    """``query`` (the target positions from ``first_position`` on) in blocks of ``blocks``."""
     outputs, start = [], 0
     for size in blocks:
-        out, _ = module(query[start:start + size], key, key_padding_mask=mask, incremental_state=state)
+        out, _ = module(query[start:start + size], key, key_padding_mask=mask, incremental_state=state,
+                        start_position=first_position + start)
         outputs.append(out)
         start += size
     return torch.cat(outputs)
@@ -167,12 +169,12 @@ def test_reorder_then_continue_equals_decoding_reordered_inputs(attention_activa
     torch.testing.assert_close(first, module(query[:2], key, key_padding_mask=mask)[0])
     reorder_all(module, state, new_order)
     # the cached encoder keys/values are used from now on: pass a different key to be sure
-    rest = decode_in_blocks(module, query[2:, new_order], torch.zeros_like(key), None, [1, 3], state)
+    rest = decode_in_blocks(module, query[2:, new_order], torch.zeros_like(key), None, [1, 3], state, first_position=2)
     torch.testing.assert_close(rest, expected[2:])
 
     prune = torch.tensor([3, 1])  # beam search also shrinks the batch
     reorder_all(module, state, prune)
-    state_out, _ = module(query[:1, new_order[prune]], key, incremental_state=state)
+    state_out, _ = module(query[:1, new_order[prune]], key, incremental_state=state, start_position=6)
     full_pruned, _ = module(torch.cat([query, query[:1]])[:, new_order[prune]], key[:, new_order[prune]],
                             key_padding_mask=mask[new_order[prune]])
     torch.testing.assert_close(state_out, full_pruned[6:])
@@ -184,7 +186,7 @@ def test_incremental_positions_checked_against_max_positions():
     state = {}
     decode_in_blocks(module, query, key, mask, [2, 2], state)
     with pytest.raises(ValueError, match="max_positions=4"):
-        module(query[4:5], key, key_padding_mask=mask, incremental_state=state)
+        module(query[4:5], key, key_padding_mask=mask, incremental_state=state, start_position=4)
     with pytest.raises(ValueError, match=r"input of length 7 exceeds max_positions=4"):
         module(query[:2], torch.randn(7, 3, C, dtype=torch.float64))
     rotary = make_module("softmax", "rotary", max_positions=4)

@@ -27,7 +27,7 @@ def test_decoder_block_incremental_equals_full(chunk, norm):
     state, steps = {}, []
     for t in range(7):
         out, _ = layer(x[t : t + 1], encoder_out=encoder_out, encoder_padding_mask=encoder_padding,
-                       incremental_state=state)
+                       incremental_state=state, start_position=t)
         steps.append(out)
     torch.testing.assert_close(torch.cat(steps), full)
 
@@ -39,10 +39,11 @@ def test_decoder_block_reorder_prunes_and_duplicates():
     order = torch.tensor([2, 2, 0])
     state = {}
     for t in range(3):
-        layer(x[t : t + 1], encoder_out=encoder_out, incremental_state=state)
+        layer(x[t : t + 1], encoder_out=encoder_out, incremental_state=state, start_position=t)
     reorder_all(layer, state, order)
     continued = torch.cat([
-        layer(x[t : t + 1, order], encoder_out=encoder_out[:, order], incremental_state=state)[0]
+        layer(x[t : t + 1, order], encoder_out=encoder_out[:, order], incremental_state=state,
+              start_position=t)[0]
         for t in range(3, 6)
     ])
     full, _ = layer(x[:, order], encoder_out=encoder_out[:, order])
@@ -85,7 +86,7 @@ def test_decoder_block_left_padded_source_equals_source_alone(bias, activation):
     torch.testing.assert_close(together[:, 1:], alone)
     state = {}
     steps = torch.cat([layer(x[t : t + 1], encoder_out=source, encoder_padding_mask=padding,
-                             incremental_state=state)[0] for t in range(4)])
+                             incremental_state=state, start_position=t)[0] for t in range(4)])
     torch.testing.assert_close(steps, together)
 
 

@@ -94,7 +94,11 @@ def test_f_cross_attention_decoding_position_is_the_step():
     encoder_out = torch.randn(5, B, C, dtype=torch.float64)
     full, _ = attention(query, encoder_out)
     state = {}
-    steps = torch.cat([attention(query[t : t + 1], encoder_out, incremental_state=state)[0] for t in range(6)])
+    steps = torch.cat([attention(query[t : t + 1], encoder_out, incremental_state=state, start_position=t)[0]
+                       for t in range(6)])
+    # the step's position is required: a default of 0 would silently repeat position 0
+    with pytest.raises(ValueError, match="start_position"):
+        attention(query[:1], encoder_out, incremental_state=state)
     torch.testing.assert_close(steps, full)
 
 

@@ -102,6 +102,8 @@ class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
         **unused,
     ):
         tokens = prev_output_tokens
+        # the one count of decoded positions: the layers get it as start_position
+        decoded = 0
         if incremental_state is not None:
             decoded = self._decoded_positions(incremental_state)
             tokens = tokens[:, decoded:]
@@ -126,6 +128,7 @@ class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
                 encoder_padding_mask=enc_padding_mask,
                 incremental_state=incremental_state,
                 need_attn=False,
+                start_position=decoded,
             )
             inner_states.append(x)
             attn = layer_attn if layer_attn is not None else attn

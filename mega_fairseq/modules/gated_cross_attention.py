@@ -30,7 +30,8 @@ class GatedCrossAttention(nn.Module):
         h = dropout(act(W_h hidden_dropout((A v) * r)))
         out = x + u * (h - x)              (then norm(out) in post-norm)
     Incremental decoding caches k, v and the key padding mask of the encoder output once
-    per sentence and counts decoded target tokens for the query positions.
+    per sentence; the caller (the decoder, which counts decoded tokens) gives the target
+    position of the first query.
     """
 
     def __init__(self, embed_dim: int, zdim: int, dropout: float = 0.0,
@@ -80,18 +81,15 @@ class GatedCrossAttention(nn.Module):
         return k, v
 
     def _cached_key_value(self, key: Tensor, key_padding_mask: Optional[Tensor],
-                          incremental_state: IncrementalState, num_new: int):
-        """k, v, key padding mask and the first query position during incremental decoding;
-        computes and caches them on the first step of a sentence."""
+                          incremental_state: IncrementalState):
+        """k, v and key padding mask during incremental decoding; computed from the encoder
+        output and cached on the first step of a sentence."""
         saved = self.get_incremental_state(incremental_state, _STATE_KEY)
         if saved is None:
             k, v = self._project_key_value(key)
-            saved = {"prev_key": k, "prev_value": v, "prev_key_padding_mask": key_padding_mask,
-                     "num_steps": torch.zeros((), dtype=torch.long)}
-        start = int(saved["num_steps"])
-        saved["num_steps"] = torch.tensor(start + num_new, dtype=torch.long)
-        self.set_incremental_state(incremental_state, _STATE_KEY, saved)
-        return saved["prev_key"], saved["prev_value"], saved["prev_key_padding_mask"], start
+            saved = {"prev_key": k, "prev_value": v, "prev_key_padding_mask": key_padding_mask}
+            self.set_incremental_state(incremental_state, _STATE_KEY, saved)
+        return saved["prev_key"], saved["prev_value"], saved["prev_key_padding_mask"]
 
     def _position_bias(self, first_position: int, tgt_len: int, src_len: int,
                        key_padding_mask: Optional[Tensor], device: torch.device) -> Tensor:
@@ -115,14 +113,17 @@ class GatedCrossAttention(nn.Module):
     def forward(self, query: Tensor, key: Tensor, key_padding_mask: Optional[Tensor] = None,
                 incremental_state: Optional[IncrementalState] = None,
                 need_weights: bool = False,
-                query_padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+                query_padding_mask: Optional[Tensor] = None,
+                start_position: Optional[int] = None) -> Tuple[Tensor, Optional[Tensor]]:
         """query: Tq x B x C (decoder layer input); key: Tk x B x C (encoder output);
         key_padding_mask: B x Tk (True = pad); query_padding_mask: B x Tq (True = pad), which
-        keeps padded target positions out of batch-norm statistics.
+        keeps padded target positions out of batch-norm statistics; start_position: the
+        target position of the first query (default 0).
 
         Returns the output (Tq x B x C) and, with ``need_weights``, the attention weights
         (B x Tq x Tk, before attention dropout). With ``incremental_state``, ``query`` holds
-        the Tq >= 1 target tokens that follow those already decoded.
+        the Tq >= 1 target tokens that follow those already decoded, and ``start_position``
+        (their number) is required.
         """
         tgt_len = query.size(0)
         residual = query
@@ -132,13 +133,14 @@ class GatedCrossAttention(nn.Module):
         r = F.silu(r)
 
         if incremental_state is not None:
-            k, v, key_padding_mask, first_query_position = self._cached_key_value(
-                key, key_padding_mask, incremental_state, tgt_len)
+            if start_position is None:
+                raise ValueError("incremental cross-attention needs start_position, the number "
+                                 "of target tokens decoded before this query")
+            k, v, key_padding_mask = self._cached_key_value(key, key_padding_mask, incremental_state)
         else:
             k, v = self._project_key_value(key)
-            first_query_position = 0
 
-        bias = self._position_bias(first_query_position, tgt_len, k.size(1), key_padding_mask, k.device)
+        bias = self._position_bias(start_position or 0, tgt_len, k.size(1), key_padding_mask, k.device)
         attended, weights = self.attention(q.transpose(0, 1), k, v, bias, key_padding_mask)
         attended = attended.transpose(0, 1)  # Tq x B x C
         h = self.hidden_dropout(attended * r)
@@ -151,7 +153,7 @@ class GatedCrossAttention(nn.Module):
     @torch.jit.unused
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
         """Select (reorder / prune) the batch entries of the cached encoder keys, values and
-        padding mask; the step counter is shared by the whole batch."""
+        padding mask."""
         saved = self.get_incremental_state(incremental_state, _STATE_KEY)
         if saved is None:
             return

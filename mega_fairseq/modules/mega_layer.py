@@ -100,8 +100,11 @@ class MegaLayer(nn.Module):
         encoder_padding_mask: Optional[Tensor] = None,
         incremental_state: Optional[IncrementalState] = None,
         need_attn: bool = False,
+        start_position: Optional[int] = None,
     ) -> Tuple[Tensor, Optional[Tensor]]:
-        """x: T x B x C; padding_mask: B x T; encoder_out: S x B x C; encoder_padding_mask: B x S.
+        """x: T x B x C; padding_mask: B x T; encoder_out: S x B x C; encoder_padding_mask: B x S;
+        start_position: the position of x's first token in its sequence, counted by the
+        decoder (needed by cross-attention when decoding incrementally).
 
         Returns the block output (T x B x C) and, with ``need_attn``, the cross-attention
         weights (B x T x S) of decoders or the self-attention weights of other blocks.
@@ -119,6 +122,7 @@ class MegaLayer(nn.Module):
                 incremental_state=incremental_state,
                 need_weights=need_attn,
                 query_padding_mask=padding_mask,
+                start_position=start_position,
             )
         x = self.ffn(x, padding_mask=padding_mask)
         return x, attn
