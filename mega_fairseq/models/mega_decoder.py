@@ -13,7 +13,7 @@ from fairseq.modules import AdaptiveSoftmax
 from mega_fairseq.models.block_stack import MegaBlockStack
 from mega_fairseq.models.dictionary_fingerprint import attach_dictionary_fingerprint
 from mega_fairseq.models.model_building import check_checkpoint_vocabulary
-from mega_fairseq.models.padding import padding_mask_or_none
+from mega_fairseq.models.padding import left_align_columns, padding_mask_or_none
 from mega_fairseq.modules.incremental import IncrementalState
 from mega_fairseq.modules.mega_layer import MegaLayerSettings
 
@@ -84,12 +84,19 @@ class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
         """prev_output_tokens: B x T.  Returns (B x T x V logits (or B x T x C features),
         {"attn": [B x T x S or None], "inner_states": [T x B x C, ...]}).
 
+        ``attn`` holds the cross-attention weights of the alignment layer (``alignment_layer``,
+        default the last block, as fairseq's transformer) over the columns of the source
+        tokens as the caller passed them (left padding included), which fairseq's
+        ``--print-alignment`` reads. They are returned in eval mode, or in training when
+        ``alignment_layer`` is given; None for decoders without cross-attention.
+
         With ``incremental_state``, ``prev_output_tokens`` may hold the whole prefix (as
         fairseq's SequenceGenerator passes it): only the columns not decoded yet are run
         (usually the last one, or a block of several), the prefix is never recomputed, and
         the outputs cover just those new columns.
         """
-        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state,
+                                         alignment_layer=unused.get("alignment_layer"))
         if not features_only:
             x = self.output_layer(x)
         return x, extra
@@ -99,8 +106,10 @@ class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
         prev_output_tokens: Tensor,
         encoder_out: Optional[Dict[str, List[Tensor]]] = None,
         incremental_state: Optional[IncrementalState] = None,
+        alignment_layer: Optional[int] = None,
         **unused,
     ):
+        """The decoder's features (B x T x C) and the ``extra`` dict of :meth:`forward`."""
         tokens = prev_output_tokens
         # the one count of decoded positions: the layers get it as start_position
         decoded = 0
@@ -110,28 +119,36 @@ class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
             self._set_decoded_positions(incremental_state, decoded + tokens.size(1))
         padding_mask = padding_mask_or_none(tokens, self.padding_idx)
 
-        enc, enc_padding_mask = None, None
+        enc, enc_padding_mask, enc_left_padding = None, None, None
         if encoder_out is not None and len(encoder_out.get("encoder_out", [])) > 0:
             enc = encoder_out["encoder_out"][0]
             masks = encoder_out.get("encoder_padding_mask", [])
             enc_padding_mask = masks[0] if len(masks) > 0 else None
+            shifts = encoder_out.get("encoder_left_padding", [])
+            enc_left_padding = shifts[0] if len(shifts) > 0 else None
+        want_attn = enc is not None and (not self.training or alignment_layer is not None)
+        if alignment_layer is None:
+            alignment_layer = len(self.layers) - 1
 
         x = self.block_input(self.embed_scale * self.embed_tokens(tokens), padding_mask)  # T x B x C
 
         inner_states: List[Optional[Tensor]] = [x]
         attn: Optional[Tensor] = None
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             x, layer_attn = layer(
                 x,
                 padding_mask=padding_mask,
                 encoder_out=enc,
                 encoder_padding_mask=enc_padding_mask,
                 incremental_state=incremental_state,
-                need_attn=False,
+                need_attn=want_attn and index == alignment_layer,
                 start_position=decoded,
             )
             inner_states.append(x)
-            attn = layer_attn if layer_attn is not None else attn
+            if layer_attn is not None:
+                attn = layer_attn.float()
+        if attn is not None and enc_left_padding is not None:
+            attn = left_align_columns(attn, enc_left_padding)
         if self.final_norm is not None:
             x = self.final_norm(x, padding_mask)
         return x.transpose(0, 1), {"attn": [attn], "inner_states": inner_states}

@@ -12,7 +12,7 @@ from fairseq.models import FairseqEncoder
 from mega_fairseq.models.block_stack import MegaBlockStack
 from mega_fairseq.models.dictionary_fingerprint import attach_dictionary_fingerprint
 from mega_fairseq.models.model_building import check_checkpoint_vocabulary
-from mega_fairseq.models.padding import any_true, has_values
+from mega_fairseq.models.padding import any_true, has_values, right_align
 from mega_fairseq.modules.mega_layer import MegaLayerSettings
 
 
@@ -71,7 +71,10 @@ class MegaEncoder(MegaBlockStack, FairseqEncoder):
         Returns fairseq's encoder output dictionary: ``encoder_out`` [S x B x C],
         ``encoder_padding_mask`` [B x S] (True at padding), ``encoder_embedding``
         [B x S x C], ``encoder_states`` (S x B x C after each block with
-        ``return_all_hiddens``), ``src_tokens`` [], ``src_lengths`` [B x 1].
+        ``return_all_hiddens``), ``src_tokens`` [], ``src_lengths`` [B x 1], and
+        ``encoder_left_padding`` [B]: the padding a left-padded row had before it was
+        right-aligned (all outputs are right-aligned; 0 for right-padded rows), with which
+        the decoder maps its attention back onto the columns of ``src_tokens``.
         """
         padding_mask = src_tokens.eq(self.padding_idx)
         if self.embed_token_types is None:
@@ -80,7 +83,9 @@ class MegaEncoder(MegaBlockStack, FairseqEncoder):
             self._check_token_types(token_types, src_tokens)
         # left-padded batches (fairseq's translation default) are right-aligned first; on
         # the meta device (no values) the batch is taken as right-padded
+        left_padding = torch.zeros(src_tokens.size(0), dtype=torch.long, device=src_tokens.device)
         if any_true(padding_mask[:, 0], unknown=False):
+            left_padding = padding_mask.long().sum(dim=1)  # the shift of right_align
             if token_types is not None:
                 token_types = right_align(token_types, padding_mask)
             src_tokens = utils.convert_padding_direction(
@@ -117,6 +122,7 @@ class MegaEncoder(MegaBlockStack, FairseqEncoder):
             "encoder_states": states,
             "src_tokens": [],
             "src_lengths": [src_lengths.reshape(-1, 1)],
+            "encoder_left_padding": [left_padding],
         }
 
     def _check_token_types(self, token_types: Tensor, src_tokens: Tensor) -> None:
@@ -149,6 +155,7 @@ class MegaEncoder(MegaBlockStack, FairseqEncoder):
             "encoder_states": select("encoder_states", 1),
             "src_tokens": select("src_tokens", 0),
             "src_lengths": select("src_lengths", 0),
+            "encoder_left_padding": select("encoder_left_padding", 0),
         }
 
     def max_positions(self) -> int:
@@ -158,13 +165,3 @@ class MegaEncoder(MegaBlockStack, FairseqEncoder):
         prefix = f"{name}." if name else ""
         check_checkpoint_vocabulary(state_dict, prefix, self.embed_tokens, self.dictionary, "source")
         return state_dict
-
-
-def right_align(tensor: Tensor, padding_mask: Tensor) -> Tensor:
-    """Moves the left padding of a B x S ``tensor`` (any values aligned with the tokens whose
-    padding is ``padding_mask``) to the right, exactly as
-    ``fairseq.utils.convert_padding_direction(left_to_right=True)`` moves the tokens."""
-    length = padding_mask.size(1)
-    shift = padding_mask.long().sum(dim=1, keepdim=True)
-    index = torch.remainder(torch.arange(length, device=tensor.device).unsqueeze(0) + shift, length)
-    return tensor.gather(1, index)

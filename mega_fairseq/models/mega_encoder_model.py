@@ -40,7 +40,7 @@ from fairseq.models import (
 from fairseq.utils import safe_getattr
 
 from mega_fairseq.errors import OptionError
-from mega_fairseq.models.mega_encoder import MegaEncoder, right_align
+from mega_fairseq.models.mega_encoder import MegaEncoder
 from mega_fairseq.models.mega_options import (
     MegaCommonConfig,
     MegaEncoderConfig,
@@ -53,7 +53,7 @@ from mega_fairseq.models.model_building import (
     stack_embedding_options,
     warn_if_preset_not_applied,
 )
-from mega_fairseq.models.padding import any_true
+from mega_fairseq.models.padding import any_true, right_align
 from mega_fairseq.modules.activations import get_activation_fn
 
 logger = logging.getLogger(__name__)

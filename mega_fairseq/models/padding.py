@@ -1,5 +1,5 @@
-"""Padding masks of token batches, and the few places a model reads a value back from its
-device.
+"""Padding masks of token batches, moving left padding to the right and back, and the few
+places a model reads a value back from its device.
 
 Each read (``bool(mask.any())``) waits for the device to finish the work queued before it,
 so a model does it at most once per forward pass, never per layer or per decoding step of
@@ -9,6 +9,7 @@ there the mask is always kept (a mask that hides nothing gives the same result a
 
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 
@@ -29,3 +30,23 @@ def padding_mask_or_none(tokens: Tensor, padding_idx: int) -> Optional[Tensor]:
     """tokens: B x T -> B x T bool mask (True = pad), or None when nothing is padded."""
     mask = tokens.eq(padding_idx)
     return mask if any_true(mask) else None
+
+
+def left_align_columns(tensor: Tensor, left_padding: Tensor) -> Tensor:
+    """Undoes :func:`right_align` on the last dimension of a B x ... x S ``tensor`` (e.g.
+    attention weights over right-aligned source positions): rows with ``left_padding``
+    (B) padded positions get them back at the front."""
+    length = tensor.size(-1)
+    index = torch.remainder(torch.arange(length, device=tensor.device) - left_padding.unsqueeze(-1), length)
+    index = index.view(index.size(0), *([1] * (tensor.dim() - 2)), length).expand_as(tensor)
+    return tensor.gather(-1, index)
+
+
+def right_align(tensor: Tensor, padding_mask: Tensor) -> Tensor:
+    """Moves the left padding of a B x S ``tensor`` (any values aligned with the tokens whose
+    padding is ``padding_mask``) to the right, exactly as
+    ``fairseq.utils.convert_padding_direction(left_to_right=True)`` moves the tokens."""
+    length = padding_mask.size(1)
+    shift = padding_mask.long().sum(dim=1, keepdim=True)
+    index = torch.remainder(torch.arange(length, device=tensor.device).unsqueeze(0) + shift, length)
+    return tensor.gather(1, index)

@@ -110,7 +110,8 @@ class MegaLayer(nn.Module):
         weights (B x T x S) of decoders or the self-attention weights of other blocks.
         """
         x, attn = self.self_attn(
-            x, padding_mask=padding_mask, incremental_state=incremental_state, need_weights=need_attn
+            x, padding_mask=padding_mask, incremental_state=incremental_state,
+            need_weights=need_attn and self.cross_attn is None,
         )
         if self.cross_attn is not None:
             if encoder_out is None:
