@@ -25,7 +25,7 @@ from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
-from mega_fairseq.criterions.token_classification import log_percentage, token_head_logits
+from mega_fairseq.criterions.token_heads import log_percentage, token_head_logits
 
 COUNTS = {"n_exact": "exact_match", "n_span_exact": "span_exact_match",
           "n_start": "start_accuracy", "n_end": "end_accuracy"}

@@ -37,6 +37,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
 from mega_fairseq.errors import DataError, MissingDataError, OptionError
+from mega_fairseq.tasks import binarized_data as bd
 from mega_fairseq.tasks.lra_common import (
     check_num_classes,
     check_targets,
@@ -208,7 +209,7 @@ def replace_token_embedding(model: nn.Module, dictionary: Dictionary, make_modul
 
 
 @register_task("lra-image", dataclass=LRAImageConfig)
-class LRAImageTask(FairseqTask):
+class LRAImageTask(bd.DictionaryAccessors, FairseqTask):
     """Pixel-sequence image classification for the Long Range Arena (see the module docstring)."""
 
     cfg: LRAImageConfig
@@ -266,11 +267,3 @@ class LRAImageTask(FairseqTask):
 
     def max_positions(self):
         return self.num_pixels
-
-    @property
-    def source_dictionary(self):
-        return self.dictionary
-
-    @property
-    def target_dictionary(self):
-        return self.dictionary

@@ -22,18 +22,18 @@ ids.  ``build_model`` registers the classification head ``--classification-head-
 
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 from omegaconf import II, MISSING
 
-from fairseq.data import Dictionary, data_utils
+from fairseq.data import Dictionary
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
 from mega_fairseq.errors import DataError, MissingDataError, OptionError
+from mega_fairseq.tasks import binarized_data as bd
 from mega_fairseq.tasks.lra_common import (
     check_num_classes,
     check_targets,
@@ -71,22 +71,8 @@ class LRATextConfig(FairseqDataclass):
     seed: int = II("common.seed")
 
 
-def _load_dictionary(path: str, what: str) -> Dictionary:
-    if not os.path.exists(path):
-        raise MissingDataError(f"{what} dictionary {path} not found: binarize the data with fairseq-preprocess "
-                                "into DATA/input0, [DATA/input1,] DATA/label")
-    return Dictionary.load(path)
-
-
-def count_labels(label_dict: Dictionary) -> int:
-    """Labels in a label dictionary: its symbols after the specials, without the
-    ``madeupword`` fillers fairseq-preprocess pads dictionaries with (--padding-factor)."""
-    symbols = label_dict.symbols[label_dict.nspecial:]
-    return sum(1 for symbol in symbols if not re.fullmatch(r"madeupword\d{4}", symbol))
-
-
 @register_task("lra-text", dataclass=LRATextConfig)
-class LRATextTask(FairseqTask):
+class LRATextTask(bd.DictionaryAccessors, FairseqTask):
     """Text classification for the Long Range Arena (see the module docstring)."""
 
     cfg: LRATextConfig
@@ -100,9 +86,9 @@ class LRATextTask(FairseqTask):
     @classmethod
     def setup_task(cls, cfg: LRATextConfig, **kwargs):
         check_num_classes(cfg.num_classes)
-        data_dict = _load_dictionary(os.path.join(cfg.data, "input0", "dict.txt"), "input")
-        label_dict = _load_dictionary(os.path.join(cfg.data, "label", "dict.txt"), "label")
-        num_labels = count_labels(label_dict)
+        data_dict = bd.load_dictionary(cfg.data, "input0", "input")
+        label_dict = bd.load_dictionary(cfg.data, "label", "label")
+        num_labels = bd.count_labels(label_dict)
         if num_labels > cfg.num_classes:
             raise OptionError(f"the label dictionary has {num_labels} labels but --num-classes is {cfg.num_classes}")
         if num_labels < cfg.num_classes:
@@ -119,11 +105,7 @@ class LRATextTask(FairseqTask):
     # ------------------------------------------------------------------ data
 
     def _load_split(self, key: str, split: str, dictionary: Dictionary, combine: bool):
-        path = os.path.join(self.cfg.data, key, split)
-        dataset = data_utils.load_indexed_dataset(path, dictionary, combine=combine)
-        if dataset is None:
-            raise MissingDataError(f"dataset {path}.bin/.idx not found (split {split!r} of {key})")
-        return dataset
+        return bd.load_binarized(self.cfg.data, key, split, dictionary, combine)
 
     def _targets(self, split: str, combine: bool) -> np.ndarray:
         """N class ids of ``split``; ValueError on unknown or malformed labels."""
@@ -193,11 +175,3 @@ class LRATextTask(FairseqTask):
         if self.cfg.paired:
             return (limit, limit)
         return limit
-
-    @property
-    def source_dictionary(self):
-        return self.dictionary
-
-    @property
-    def target_dictionary(self):
-        return self.dictionary

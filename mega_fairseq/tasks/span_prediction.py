@@ -37,8 +37,8 @@ from fairseq.data import Dictionary
 from fairseq.tasks import FairseqTask, register_task
 
 from mega_fairseq.errors import DataError, MissingDataError, OptionError
+from mega_fairseq.tasks import binarized_data as bd
 from mega_fairseq.tasks import token_data as td
-from mega_fairseq.tasks.token_classification import build_model_with_token_head
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class SpanDataset(td.TokenExampleDataset):
 
 
 @register_task("span_prediction", dataclass=SpanPredictionConfig)
-class SpanPredictionTask(FairseqTask):
+class SpanPredictionTask(bd.DictionaryAccessors, FairseqTask):
     """Predict the answer span of a question in a context (see the module docstring)."""
 
     def __init__(self, cfg: SpanPredictionConfig, dictionary):
@@ -158,7 +158,7 @@ class SpanPredictionTask(FairseqTask):
     def setup_task(cls, cfg: SpanPredictionConfig, **kwargs):
         path = os.path.join(cfg.data, "input0", "dict.txt")
         other = os.path.join(cfg.data, "input1", "dict.txt")
-        dictionary = Dictionary.load(path)
+        dictionary = bd.load_dictionary(cfg.data, "input0", "input")
         if os.path.exists(other) and Dictionary.load(other).symbols != dictionary.symbols:
             raise DataError(
                 f"{other} differs from {path}: binarize questions and contexts with one "
@@ -171,10 +171,10 @@ class SpanPredictionTask(FairseqTask):
 
     def load_dataset(self, split: str, combine: bool = False, **kwargs):
         data, limit = self.cfg.data, self.cfg.max_positions
-        questions = td.load_binarized(data, "input0", split, self.dictionary, combine)
-        contexts = td.load_binarized(data, "input1", split, self.dictionary, combine)
-        questions_name = td.binarized_name(data, "input0", split)
-        contexts_name = td.binarized_name(data, "input1", split)
+        questions = bd.load_binarized(data, "input0", split, self.dictionary, combine)
+        contexts = bd.load_binarized(data, "input1", split, self.dictionary, combine)
+        questions_name = bd.binarized_name(data, "input0", split)
+        contexts_name = bd.binarized_name(data, "input1", split)
         question_sizes, context_sizes = td.item_sizes(questions), td.item_sizes(contexts)
         if len(question_sizes) != len(context_sizes):
             raise DataError(f"{contexts_name}.bin has {len(context_sizes)} lines but "
@@ -221,15 +221,7 @@ class SpanPredictionTask(FairseqTask):
         return dataset
 
     def build_model(self, cfg, from_checkpoint: bool = False):
-        return build_model_with_token_head(self, cfg, from_checkpoint, self.cfg.token_head_name, 2)
+        return td.build_model_with_token_head(self, cfg, from_checkpoint, self.cfg.token_head_name, 2)
 
     def max_positions(self) -> int:
         return self.cfg.max_positions
-
-    @property
-    def source_dictionary(self):
-        return self.dictionary
-
-    @property
-    def target_dictionary(self):
-        return self.dictionary

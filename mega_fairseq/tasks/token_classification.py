@@ -22,19 +22,17 @@ tokens (``truncate``: the first ones; ``random_crop``: a random window per epoch
 labels the same window.
 """
 
-import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf, open_dict
 
-from fairseq.data import Dictionary
 from fairseq.tasks import FairseqTask, register_task
 
 from mega_fairseq.errors import DataError, OptionError
+from mega_fairseq.tasks import binarized_data as bd
 from mega_fairseq.tasks import token_data as td
 
 logger = logging.getLogger(__name__)
@@ -139,7 +137,7 @@ def check_labels(tokens, labels, label_dict, num_labels: int, tokens_name: str,
 
 
 @register_task("token_classification", dataclass=TokenClassificationConfig)
-class TokenClassificationTask(FairseqTask):
+class TokenClassificationTask(bd.DictionaryAccessors, FairseqTask):
     """Tag every input token with one of ``num_labels`` labels (see the module docstring)."""
 
     def __init__(self, cfg: TokenClassificationConfig, dictionary, label_dictionary, num_labels: int):
@@ -154,10 +152,10 @@ class TokenClassificationTask(FairseqTask):
 
     @classmethod
     def setup_task(cls, cfg: TokenClassificationConfig, **kwargs):
-        dictionary = Dictionary.load(os.path.join(cfg.data, "input0", "dict.txt"))
+        dictionary = bd.load_dictionary(cfg.data, "input0", "input")
         label_path = os.path.join(cfg.data, "label", "dict.txt")
-        label_dictionary = Dictionary.load(label_path)
-        num_labels = td.count_labels(label_dictionary)
+        label_dictionary = bd.load_dictionary(cfg.data, "label", "label")
+        num_labels = bd.count_labels(label_dictionary)
         if num_labels < 1:
             raise DataError(f"{label_path} holds no labels")
         if cfg.num_labels > 0 and cfg.num_labels != num_labels:
@@ -172,10 +170,10 @@ class TokenClassificationTask(FairseqTask):
 
     def load_dataset(self, split: str, combine: bool = False, **kwargs):
         data = self.cfg.data
-        tokens = td.load_binarized(data, "input0", split, self.dictionary, combine)
-        labels = td.load_binarized(data, "label", split, self.label_dictionary, combine)
-        tokens_name = td.binarized_name(data, "input0", split)
-        labels_name = td.binarized_name(data, "label", split)
+        tokens = bd.load_binarized(data, "input0", split, self.dictionary, combine)
+        labels = bd.load_binarized(data, "label", split, self.label_dictionary, combine)
+        tokens_name = bd.binarized_name(data, "input0", split)
+        labels_name = bd.binarized_name(data, "label", split)
         td.check_ends_with_eos(tokens, td.item_sizes(tokens), self.dictionary.eos(), tokens_name)
         check_labels(tokens, labels, self.label_dictionary, self.num_labels, tokens_name,
                      labels_name, os.path.join(data, "label", "dict.txt"))
@@ -204,37 +202,12 @@ class TokenClassificationTask(FairseqTask):
         return dataset
 
     def build_model(self, cfg, from_checkpoint: bool = False):
-        return build_model_with_token_head(self, cfg, from_checkpoint, self.cfg.token_head_name,
+        return td.build_model_with_token_head(self, cfg, from_checkpoint, self.cfg.token_head_name,
                                            self.num_labels)
 
     def max_positions(self) -> int:
         return self.cfg.max_positions
 
     @property
-    def source_dictionary(self):
-        return self.dictionary
-
-    @property
     def target_dictionary(self):
         return self.label_dictionary
-
-
-def build_model_with_token_head(task, cfg, from_checkpoint: bool, head_name: str, num_labels: int):
-    """Build the model with the task's ``--max-positions`` and register its token head."""
-    from fairseq import models
-
-    with open_dict(cfg) if OmegaConf.is_config(cfg) else contextlib.ExitStack():
-        cfg.max_positions = task.cfg.max_positions
-    model = models.build_model(cfg, task, from_checkpoint)
-    if not hasattr(model, "register_token_head"):
-        raise OptionError(
-            f"model {type(model).__name__} has no token heads; use a mega_encoder architecture "
-            "(e.g. --arch mega_encoder_tiny)"
-        )
-    model.register_token_head(head_name, num_labels)
-    if model.max_positions() is not None and model.max_positions() < task.cfg.max_positions:
-        raise OptionError(
-            f"the model accepts {model.max_positions()} positions, fewer than "
-            f"--max-positions={task.cfg.max_positions}"
-        )
-    return model

@@ -7,18 +7,18 @@ heads return their logits in.  Error messages name the text line (1-based) of th
 binarized file, which is the item index + 1.
 """
 
+import contextlib
 import logging
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from omegaconf import II, MISSING
+from omegaconf import II, MISSING, OmegaConf, open_dict
 
 from fairseq.data import FairseqDataset, data_utils
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
-from mega_fairseq.errors import DataError, MissingDataError
+from mega_fairseq.errors import DataError, OptionError
 
 logger = logging.getLogger(__name__)
 
@@ -51,23 +51,6 @@ class TokenTaskConfig(FairseqDataclass):
     )
     no_shuffle: bool = field(default=False, metadata={"help": "do not shuffle the training data"})
     seed: int = II("common.seed")
-
-
-def binarized_name(data: str, key: str, split: str) -> str:
-    """The path prefix of a binarized split, e.g. ``DATA/input0/valid``."""
-    return os.path.join(data, key, split)
-
-
-def load_binarized(data: str, key: str, split: str, dictionary, combine: bool = False):
-    """Load ``DATA/key/split.{bin,idx}``; ``FileNotFoundError`` naming the path if missing."""
-    prefix = binarized_name(data, key, split)
-    dataset = data_utils.load_indexed_dataset(prefix, dictionary, combine=combine)
-    if dataset is None:
-        raise MissingDataError(
-            f"no binarized data {prefix}.bin/.idx (expected the output of "
-            f"fairseq-preprocess --only-source --destdir {os.path.join(data, key)})"
-        )
-    return dataset
 
 
 def item_sizes(dataset) -> np.ndarray:
@@ -112,20 +95,6 @@ def position_in_lines(flat_index: int, sizes: np.ndarray):
     line = int(np.searchsorted(ends, flat_index, side="right"))
     start = int(ends[line - 1]) if line > 0 else 0
     return line + 1, flat_index - start + 1
-
-
-def count_labels(dictionary) -> int:
-    """Number of real labels of a label dictionary: its symbols after the specials, minus
-    the ``madeupwordNNNN`` fillers fairseq-preprocess appends (``--padding-factor``, count
-    0).  Labels are the contiguous indices ``nspecial .. nspecial + count - 1``."""
-    count = 0
-    for index in range(dictionary.nspecial, len(dictionary)):
-        symbol = dictionary[index]
-        filler = symbol.startswith("madeupword") and symbol[10:].isdigit() and dictionary.count[index] == 0
-        if filler:
-            break
-        count += 1
-    return count
 
 
 def shorten_applies(split: str, method: str, split_list: str) -> bool:
@@ -214,3 +183,24 @@ def describe_shortening(max_positions: int) -> str:
         "support it) or shorten the data with --shorten-method truncate|random_crop "
         "(and --shorten-data-split-list to choose the splits)"
     )
+
+
+def build_model_with_token_head(task, cfg, from_checkpoint: bool, head_name: str, num_labels: int):
+    """Build the model with the task's ``--max-positions`` and register its token head."""
+    from fairseq import models
+
+    with open_dict(cfg) if OmegaConf.is_config(cfg) else contextlib.ExitStack():
+        cfg.max_positions = task.cfg.max_positions
+    model = models.build_model(cfg, task, from_checkpoint)
+    if not hasattr(model, "register_token_head"):
+        raise OptionError(
+            f"model {type(model).__name__} has no token heads; use a mega_encoder architecture "
+            "(e.g. --arch mega_encoder_tiny)"
+        )
+    model.register_token_head(head_name, num_labels)
+    if model.max_positions() is not None and model.max_positions() < task.cfg.max_positions:
+        raise OptionError(
+            f"the model accepts {model.max_positions()} positions, fewer than "
+            f"--max-positions={task.cfg.max_positions}"
+        )
+    return model
