@@ -12,7 +12,7 @@ from fairseq.models import FairseqEncoder
 from mega_fairseq.models.block_stack import MegaBlockStack
 from mega_fairseq.models.dictionary_fingerprint import attach_dictionary_fingerprint
 from mega_fairseq.models.model_building import check_checkpoint_vocabulary
-from mega_fairseq.models.padding import any_true, has_values, right_align
+from mega_fairseq.models.padding import any_true, has_values, roll_last
 from mega_fairseq.modules.mega_layer import MegaLayerSettings
 
 
@@ -87,7 +87,7 @@ class MegaEncoder(MegaBlockStack, FairseqEncoder):
         if any_true(padding_mask[:, 0], unknown=False):
             left_padding = padding_mask.long().sum(dim=1)  # the shift of right_align
             if token_types is not None:
-                token_types = right_align(token_types, padding_mask)
+                token_types = roll_last(token_types, -left_padding)  # right_align(token_types)
             src_tokens = utils.convert_padding_direction(
                 src_tokens, self.padding_idx, left_to_right=True
             )

@@ -32,12 +32,11 @@ def padding_mask_or_none(tokens: Tensor, padding_idx: int) -> Optional[Tensor]:
     return mask if any_true(mask) else None
 
 
-def left_align_columns(tensor: Tensor, left_padding: Tensor) -> Tensor:
-    """Undoes :func:`right_align` on the last dimension of a B x ... x S ``tensor`` (e.g.
-    attention weights over right-aligned source positions): rows with ``left_padding``
-    (B) padded positions get them back at the front."""
+def roll_last(tensor: Tensor, shift: Tensor) -> Tensor:
+    """Rotates each row b of a B x ... x S ``tensor`` by ``shift[b]`` places along its last
+    dimension: out[b, ..., j] = tensor[b, ..., (j - shift[b]) mod S]."""
     length = tensor.size(-1)
-    index = torch.remainder(torch.arange(length, device=tensor.device) - left_padding.unsqueeze(-1), length)
+    index = torch.remainder(torch.arange(length, device=tensor.device) - shift.unsqueeze(-1), length)
     index = index.view(index.size(0), *([1] * (tensor.dim() - 2)), length).expand_as(tensor)
     return tensor.gather(-1, index)
 
@@ -46,7 +45,11 @@ def right_align(tensor: Tensor, padding_mask: Tensor) -> Tensor:
     """Moves the left padding of a B x S ``tensor`` (any values aligned with the tokens whose
     padding is ``padding_mask``) to the right, exactly as
     ``fairseq.utils.convert_padding_direction(left_to_right=True)`` moves the tokens."""
-    length = padding_mask.size(1)
-    shift = padding_mask.long().sum(dim=1, keepdim=True)
-    index = torch.remainder(torch.arange(length, device=tensor.device).unsqueeze(0) + shift, length)
-    return tensor.gather(1, index)
+    return roll_last(tensor, -padding_mask.long().sum(dim=1))
+
+
+def left_align_columns(tensor: Tensor, left_padding: Tensor) -> Tensor:
+    """Undoes :func:`right_align` on the last dimension of a B x ... x S ``tensor`` (e.g.
+    attention weights over right-aligned source positions): rows with ``left_padding``
+    (B) padded positions get them back at the front."""
+    return roll_last(tensor, left_padding)

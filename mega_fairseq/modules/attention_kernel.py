@@ -101,7 +101,9 @@ class SingleHeadAttention(nn.Module):
 
     def _weights(self, q: Tensor, k: Tensor, bias: Tensor, key_padding_mask: Optional[Tensor]) -> Tensor:
         num_queries, num_keys = q.size(1), k.size(1)
-        query_positions = torch.arange(num_keys - num_queries, num_keys, device=q.device)
+        query_positions = None  # only causal masks and counts need them
+        if self.causal:
+            query_positions = torch.arange(num_keys - num_queries, num_keys, device=q.device)
         # a single query (a decoding step) has no future key to hide; the future mask is
         # folded into the bias, so no N x Lq x Lk mask is ever built
         if self.causal and num_queries > 1:
@@ -132,10 +134,11 @@ class SingleHeadAttention(nn.Module):
         scores = scores.masked_fill_(no_visible_key, 0.0)
         return F.softmax(scores, dim=-1).masked_fill(no_visible_key, 0.0)
 
-    def _visible_key_counts(self, query_positions: Tensor, num_keys: int,
+    def _visible_key_counts(self, query_positions: Optional[Tensor], num_keys: int,
                             key_padding_mask: Optional[Tensor]):
         """How many keys each query may see: an int when it is the same for all (no padding,
-        not causal), else a tensor broadcastable to N x Lq x 1 (Lq x 1 without padding)."""
+        not causal), else a tensor broadcastable to N x Lq x 1 (Lq x 1 without padding);
+        ``query_positions`` (Lq) is given for causal attention."""
         if key_padding_mask is None:
             if not self.causal:
                 return num_keys
