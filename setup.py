@@ -87,7 +87,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "transformers==4.40.2"],
-        # the Hugging Face port of Mega, for comparisons (mega_fairseq.conversion.hf_mega)
+        # the Hugging Face port of Mega, for comparisons (scripts/benchmarking/hf_harness.py)
         "benchmark": ["transformers==4.40.2"],
     },
     license="MIT",

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from incremental_helpers import reorder_all
 from mega_fairseq.modules.gated_cross_attention import GatedCrossAttention
-from mega_fairseq.modules.incremental import reorder_all
 
 C, ZDIM = 8, 6
 ATTENTION_ACTIVATIONS = ["softmax", "laplace", "relu2"]

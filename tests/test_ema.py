@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from incremental_helpers import reorder_all
 from mega_fairseq.modules.ema import EMACoefficients, MultiDimensionalDampedEMA
-from mega_fairseq.modules.incremental import reorder_all
 
 PARAMETER_NAMES = ("delta", "alpha", "beta", "gamma", "omega")
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from incremental_helpers import reorder_all
 from mega_fairseq.modules.gated_attention import MovingAverageGatedAttention
-from mega_fairseq.modules.incremental import reorder_all
 
 EMBED, ZDIM, HDIM, NDIM = 8, 4, 6, 3
 ATTENTION_ACTIVATIONS = ("softmax", "laplace", "relu2")

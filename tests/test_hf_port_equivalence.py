@@ -1,5 +1,6 @@
 """MegaLayer and the Hugging Face port's MegaBlock (transformers 4.40.2) compute the same
-function on identical weights (mapped by mega_fairseq.conversion.hf_mega).
+function on identical weights (mapped by mega_fairseq.conversion.hf_mega; the port's
+blocks built and run by scripts/benchmarking/hf_harness.py).
 
 Compared: full-sequence forwards in eval mode (all dropouts inactive), outputs at real
 (not padded) positions, in float32 (atol 1e-5, the port as it is) and float64 (atol
@@ -39,13 +40,11 @@ import torch
 from transformers import activations as hf_activations
 from transformers.models.mega import modeling_mega
 
+from benchmarking.hf_harness import build_hf_block, mega_layer_from_hf_block, run_hf_block  # scripts/ (conftest)
 from mega_fairseq.conversion.hf_mega import (
-    build_hf_block,
     hf_block_state_to_mega_layer_state,
     hf_config_kwargs,
-    mega_layer_from_hf_block,
     mega_layer_state_to_hf_block_state,
-    run_hf_block,
 )
 from mega_fairseq.modules.activations import laplace
 from mega_fairseq.modules.mega_layer import MegaLayer, MegaLayerSettings

@@ -50,7 +50,6 @@ def test_every_entry_point_refuses_a_negative_length():
         build_lm(decoder_chunk_size=-5)
     with pytest.raises(ValueError, match="--truncation-length must be"):
         build_lm(truncation_length=-5)
-    settings = MegaLayerSettings(embed_dim=8, zdim=4, hdim=6, ndim=2, ffn_hidden_dim=8, causal=True,
-                                 chunk_size=-5)
     with pytest.raises(ValueError, match="chunk_size must be"):
-        hf_config_kwargs(settings)
+        MegaLayerSettings(embed_dim=8, zdim=4, hdim=6, ndim=2, ffn_hidden_dim=8, causal=True,
+                          chunk_size=-5)

@@ -31,7 +31,6 @@ from mega_fairseq.tasks.lra_image import (  # noqa: E402
     LRAImageConfig,
     LRAImageTask,
     PixelValueEmbedding,
-    replace_token_embedding,
 )
 from mega_fairseq.tasks.lra_text import LRATextConfig, LRATextTask  # noqa: E402
 
@@ -376,24 +375,20 @@ def test_image_task_samples_and_bad_input(tmp_path):
         task.load_dataset("npy")
 
 
-def test_pixel_value_embedding_is_a_linear_map_of_normalised_pixels():
-    dictionary = Dictionary()
-    for value in range(256):
-        dictionary.add_symbol(str(value))
+def test_pixel_value_embedding_is_a_linear_map_of_normalised_pixels(tmp_path):
+    from omegaconf import OmegaConf
 
-    class Encoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed_tokens = nn.Embedding(len(dictionary), 6, padding_idx=dictionary.pad())
+    from mega_fairseq.models.mega_encoder_model import MegaEncoderModelConfig
 
-    model = nn.Module()
-    model.encoder = Encoder()
-    name = replace_token_embedding(
-        model, dictionary, lambda e: PixelValueEmbedding(e.num_embeddings, e.embedding_dim, 4, 0.48, 0.24))
-    assert name == "encoder.embed_tokens"
+    task = _image_task(tmp_path, pixel_input="values", pixel_mean=0.48, pixel_std=0.24)
+    cfg = MegaEncoderModelConfig(encoder_embed_dim=6, encoder_hidden_dim=8, encoder_ffn_embed_dim=8,
+                                 encoder_z_dim=4, encoder_n_dim=2, encoder_layers=1,
+                                 max_source_positions=4, _name="mega_encoder")
+    model = task.build_model(OmegaConf.structured(cfg))
     embed = model.encoder.embed_tokens
     assert isinstance(embed, PixelValueEmbedding)
-    tokens = torch.tensor([[4, 4 + 255, 4 + 51]])
+    offset = task.dictionary.nspecial
+    tokens = torch.tensor([[offset, offset + 255, offset + 51]])
     out = embed(tokens)
     assert out.shape == (1, 3, 6)
     w, b = embed.value_proj.weight[:, 0], embed.value_proj.bias
@@ -401,8 +396,14 @@ def test_pixel_value_embedding_is_a_linear_map_of_normalised_pixels():
         value = (pixel / 255 - 0.48) / 0.24
         torch.testing.assert_close(out[0, position], w * value + b)
     assert "encoder.embed_tokens.value_proj.weight" in model.state_dict()
+    logits, _ = model(tokens[:, :2].repeat(1, 2), classification_head_name=HEAD)
+    assert logits.shape == (1, 2)
+
+    class NoHook(nn.Module):
+        encoder = None
+
     with pytest.raises(ValueError, match="--pixel-input tokens"):
-        replace_token_embedding(nn.Linear(2, 2), dictionary, lambda e: e)
+        task._replace_with_pixel_values(NoHook())
 
 
 # --------------------------------------------------------------------------- end to end (slow)

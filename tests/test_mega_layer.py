@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mega_fairseq.modules.incremental import reorder_all
+from incremental_helpers import reorder_all
 from mega_fairseq.modules.mega_layer import MegaLayer, MegaLayerSettings
 
 C = 8

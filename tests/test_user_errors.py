@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, console_script
 from lm_helpers import build_lm
 from mega_fairseq.errors import DataError, MissingDataError, OptionError
-from mega_fairseq.models.option_checks import SETTING_OPTIONS, option_name
+from mega_fairseq.models.option_names import SETTING_OPTIONS, option_name
 from mega_fairseq.modules.mega_layer import MegaLayerSettings
 from mega_fairseq_compat import user_errors
 from tiny_lm_data import write_tiny_lm_data
@@ -40,8 +40,13 @@ def test_model_options_are_refused_naming_the_option(options, message):
 
 
 def test_every_layer_setting_with_a_check_has_an_option():
-    checked = set(SETTING_OPTIONS)
-    assert checked <= set(MegaLayerSettings.__dataclass_fields__)
+    from mega_fairseq.modules import layer_settings
+
+    named = set(SETTING_OPTIONS)
+    assert named <= set(MegaLayerSettings.__dataclass_fields__)
+    checked = (set(layer_settings.POSITIVE_FIELDS) | set(layer_settings.PROBABILITY_FIELDS)
+               | set(layer_settings.CHOICE_FIELDS) | set(layer_settings.LENGTH_FIELDS))
+    assert checked <= named
     assert option_name("zdim", "encoder") == "--encoder-z-dim"
     assert option_name("max_positions", "encoder") == "--max-source-positions"
     assert option_name("max_positions", "decoder") == "--max-target-positions"

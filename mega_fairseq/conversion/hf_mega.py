@@ -1,9 +1,11 @@
 """Weight mapping between the Hugging Face port of Mega (``transformers==4.40.2``,
 ``transformers.models.mega.modeling_mega.MegaBlock``) and :class:`MegaLayer`.
 
-Used to compare both implementations on identical weights (equivalence tests, speed
-benchmarks) and as the basis of a checkpoint importer. ``transformers`` is imported only
-by :func:`build_hf_block`; the state-dict functions need nothing but torch.
+What converting weights needs: the state-dict mapping in both directions
+(:func:`hf_block_state_to_mega_layer_state`, :func:`mega_layer_state_to_hf_block_state`)
+with its key checks, and the port's config for a block's settings
+(:func:`hf_config_kwargs`), which refuses the settings the port cannot reproduce. Nothing
+here imports ``transformers``.
 
 State-dict names (HF ``MegaBlock`` -> ``MegaLayer``)::
 
@@ -32,59 +34,33 @@ D' is 2C for a bidirectional EMA (rows C..2C-1: the backward direction), else C.
 EMA recurrences agree: p = sigmoid(delta), q = 1 - p sigmoid(alpha), kernel
 gamma / sqrt(N) * p * beta * q^t in both.
 
-Known defects of the port and what this helper does about them:
+Defects of the port that make a setting inexpressible or wrong, refused by
+:func:`hf_config_kwargs`:
 
 1. ``rmsnorm`` does not normalise (``MegaRMSNorm`` discards ``x * rsqrt(ms + eps)`` and
-   returns ``x * weight``). :func:`hf_config_kwargs` refuses ``norm_type='rmsnorm'``
-   unless ``allow_known_defects=True`` (e.g. for timing only).
-2. Incremental decoding: laplace/relu2 single-token steps and chunked decoding compute
-   wrong results. Nothing here uses the port's incremental decoding: :func:`run_hf_block`
-   runs full-sequence forwards only (``use_cache=False``).
-3. The simple relative bias of a chunked layer has 2 max_positions - 1 entries but is
-   read around entry chunk_size - 1 (instead of max_positions - 1).
-   :func:`hf_config_kwargs` refuses ``rel_pos_bias='simple'`` with chunking unless
+   returns ``x * weight``): ``norm_type='rmsnorm'`` is refused unless
+   ``allow_known_defects=True`` (e.g. for timing only).
+2. The simple relative bias of a chunked layer has 2 max_positions - 1 entries but is
+   read around entry chunk_size - 1 (instead of max_positions - 1):
+   ``rel_pos_bias='simple'`` with chunking is refused unless
    ``max_positions == chunk_size`` (which is what the model options build).
-4. ``MegaBlock`` does not build the causal mask (``MegaModel`` does, and for a chunked
-   decoder builds a chunk_size x chunk_size mask even for shorter inputs, which then
-   fails). :func:`run_hf_block` builds a min(T, chunk_size) square mask itself.
-5. Chunked attention needs T <= chunk_size or T a multiple of chunk_size (ours pads the
-   last chunk). :func:`run_hf_block` raises ``ValueError`` for other lengths.
-6. Float64 blocks are only float32-accurate (differences of order 1e-7): the EMA
-   convolution always runs in float32 (``fft_convolution`` calls ``.float()``) and the
-   rotary sin/cos tables are computed in float32. Left as is.
-7. The laplace attention function uses mu = 0.707107 and sigma = 0.282095 (sqrt(1/2) and
-   sqrt(1/(4 pi)) rounded to six digits): differences of order 1e-7. Left as is.
-8. In eval mode the EMA kernel is cached on the module and never invalidated: it goes
-   stale when weights change in place, and a kernel cached with autograd on cannot be
-   backpropagated through twice. :func:`run_hf_block` drops the cache before and after
-   every call with autograd enabled; after changing the weights of an eval-mode block
-   otherwise, call :func:`reset_hf_ema_cache`.
-9. Training mode differs (equality holds in eval mode only): the port's batch norm
-   statistics include padded positions, its hidden dropout drops the values v instead
-   of attn * r, and its feature dropout goes through ``dropout2d`` on 3-D tensors.
-   Left as is.
-10. Padding. Outputs at padded positions differ (the port adds omega * x of the
-    unmasked input to the EMA output there); both call them meaningless, and outputs at
-    real positions agree for right padding. Left padding of causal layers differs: with
-    softmax the port's padded queries see only masked keys and give NaN, which the next
-    block's EMA (input * mask) spreads to every later token; with laplace/relu2 the port
-    divides by position + 1, counting padded keys. Left as is (use right padding).
-11. Cross-attention blocks (``add_cross_attention``) are not mapped:
-    :func:`hf_config_kwargs` refuses ``cross_attention=True``.
-12. ``MegaModel`` cannot be built with non-affine layer norms (its weight initialiser
-    zeroes ``LayerNorm.bias``, which is then None). :func:`build_hf_block` builds the
-    model with affine norms and swaps in the port's own non-affine ``MegaSequenceNorm``.
+3. The rotary bias needs an even embed_dim in the port: refused otherwise.
+4. Cross-attention blocks (``add_cross_attention``) are not mapped (the state-dict
+   functions reject their keys): ``cross_attention=True`` is refused.
+
+Building and running a port block next to a :class:`MegaLayer` (equivalence tests,
+benchmark) is done by ``scripts/benchmarking/hf_harness.py``, whose docstring lists the
+port's defects met when running it.
 """
 
-from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Dict, Iterable, List, Mapping, Set, Tuple
 
-import torch
-import torch.nn as nn
 from torch import Tensor
 
 from mega_fairseq.modules.length_options import optional_length
-from mega_fairseq.modules.mega_layer import MegaLayer, MegaLayerSettings
+from mega_fairseq.modules.mega_layer import MegaLayerSettings
 
+# the release whose MegaBlock the mapping and the config are for (the last with Mega)
 TRANSFORMERS_REQUIREMENT = "transformers==4.40.2"
 
 # ----------------------------------------------------------------------- names
@@ -167,10 +143,9 @@ def hf_config_kwargs(settings: MegaLayerSettings, vocab_size: int = 16,
     """Keyword arguments of ``transformers.MegaConfig`` for a one-layer model whose block
     is configured like ``MegaLayer(settings)``.
 
-    Raises ``ValueError`` naming the setting when the port cannot compute the same
-    function (cross-attention; a chunked simple bias with max_positions != chunk_size;
-    rotary bias with an odd embed_dim) or, unless ``allow_known_defects``, computes it
-    wrongly (rmsnorm).
+    Raises ``ValueError`` naming every setting the port cannot express or computes wrongly
+    (the module docstring's list); ``allow_known_defects=True`` lets through the ones it
+    computes wrongly (rmsnorm).
     """
     reasons = _refusals(settings, allow_known_defects)
     if reasons:
@@ -346,123 +321,3 @@ def mega_layer_state_to_hf_block_state(our_state: Mapping[str, Tensor]) -> Dict[
         alpha = our_state[_ROTARY_BIAS_NAMES["mega_layer.rel_pos_bias.alpha"]]
         hf_state[_HF_ROTARY_DTYPE_BUFFER] = alpha.new_zeros(1)
     return hf_state
-
-
-# ------------------------------------------------------------------- modules
-def _import_transformers_mega():
-    try:
-        from transformers import MegaConfig, MegaModel
-    except ImportError as error:
-        raise ImportError(
-            "the Hugging Face Mega port needs transformers 4.40.2, the last release with Mega: "
-            f'pip install "{TRANSFORMERS_REQUIREMENT}" (or the "benchmark" extra of mega-fairseq)'
-        ) from error
-    return MegaConfig, MegaModel
-
-
-def build_hf_block(settings: MegaLayerSettings, seed: int = 0, allow_known_defects: bool = False) -> nn.Module:
-    """A Hugging Face ``MegaBlock`` configured like ``MegaLayer(settings)``, in eval mode.
-
-    Built as the only layer of a ``transformers.MegaModel`` (a bare ``MegaBlock`` leaves its
-    parameters uninitialised) from parameters drawn under ``torch.manual_seed(seed)``; the
-    global random state is left untouched. ``allow_known_defects``: see
-    :func:`hf_config_kwargs`.
-    """
-    MegaConfig, MegaModel = _import_transformers_mega()
-    kwargs = hf_config_kwargs(settings, allow_known_defects=allow_known_defects)
-    plain_layer_norms = kwargs["normalization_type"] == "layernorm" and not kwargs["norm_affine"]
-    if plain_layer_norms:
-        kwargs["norm_affine"] = True  # defect 12: swapped for plain norms below
-    config = MegaConfig(**kwargs)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MegaModel(config, add_pooling_layer=False)
-    block = model.layers[0]
-    if plain_layer_norms:
-        _use_plain_layer_norms(block)
-    return block.eval()
-
-
-def _use_plain_layer_norms(hf_block: nn.Module) -> None:
-    """Replace both norms of an (affine) layer-norm block by the port's own non-affine
-    ones, which its constructor would have built with ``norm_affine=False``."""
-    config = hf_block.mega_layer.config
-    config.norm_affine = False
-    for sublayer in (hf_block.mega_layer, hf_block.nffn):
-        norm_class = type(sublayer.norm)
-        sublayer.norm = norm_class(config.normalization_type, config.hidden_size, affine=False)
-
-
-def _check_block_matches(hf_block: nn.Module, settings: MegaLayerSettings) -> None:
-    expected = hf_config_kwargs(settings, allow_known_defects=True)
-    config = hf_block.mega_layer.config
-    mismatched = [
-        f"{name}: block has {getattr(config, name, None)!r}, settings need {value!r}"
-        for name, value in expected.items()
-        if name not in ("vocab_size", "num_hidden_layers") and getattr(config, name, None) != value
-    ]
-    if mismatched:
-        raise ValueError("the Hugging Face block is configured differently: " + "; ".join(mismatched))
-
-
-def mega_layer_from_hf_block(hf_block: nn.Module, settings: MegaLayerSettings) -> MegaLayer:
-    """``MegaLayer(settings)`` holding the weights (and batch-norm statistics) of
-    ``hf_block``, with its dtype, device and train/eval mode. The block's configuration
-    must match ``settings`` (``ValueError`` otherwise); the state is loaded strictly."""
-    _check_block_matches(hf_block, settings)
-    reference = next(hf_block.parameters())
-    layer = MegaLayer(settings).to(device=reference.device, dtype=reference.dtype)
-    layer.load_state_dict(hf_block_state_to_mega_layer_state(hf_block.state_dict()), strict=True)
-    return layer.train(hf_block.training)
-
-
-def reset_hf_ema_cache(hf_block: nn.Module) -> None:
-    """Drop the EMA kernel and coefficients the port caches in eval mode (it never
-    invalidates them itself): needed after changing the weights of an eval-mode block."""
-    ema = hf_block.mega_layer.ema_gate
-    ema._kernel = None
-    ema._coeffs = None
-
-
-def _attention_window(config, length: int) -> int:
-    """Length of the attention windows of a T = ``length`` input (chunk or sequence)."""
-    if not config.use_chunking or length <= config.chunk_size:
-        return length
-    if length % config.chunk_size != 0:
-        raise ValueError(
-            f"the Hugging Face Mega port needs an input length <= chunk_size or a multiple of "
-            f"it; got length {length} with chunk_size {config.chunk_size}"
-        )
-    return config.chunk_size
-
-
-def run_hf_block(hf_block: nn.Module, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
-    """Full-sequence forward of a Hugging Face ``MegaBlock`` in our conventions.
-
-    x: T x B x C; padding_mask: B x T bool, True = pad (the port's attention_mask is
-    the opposite: 1 = real token). Causal blocks (``is_decoder``) get the square causal
-    mask of their attention window. Returns the block output, T x B x C. Differentiable:
-    with autograd enabled the port's eval-mode EMA kernel cache is dropped before and
-    after the call (defect 8); without, the port's caching is left as it is.
-    """
-    if x.dim() != 3:
-        raise ValueError(f"expected input of shape T x B x C, got {tuple(x.shape)}")
-    length, batch = x.size(0), x.size(1)
-    config = hf_block.mega_layer.config
-    window = _attention_window(config, length)
-    attention_mask = None
-    if padding_mask is not None:
-        if padding_mask.shape != (batch, length):
-            raise ValueError(f"padding_mask must be B x T = {(batch, length)}, got {tuple(padding_mask.shape)}")
-        attention_mask = (~padding_mask.to(torch.bool)).to(x.dtype)
-    causal_mask = None
-    if config.is_decoder:
-        causal_mask = torch.tril(torch.ones(window, window, dtype=x.dtype, device=x.device))
-    if not torch.is_grad_enabled():
-        return hf_block(x, attention_mask=attention_mask, causal_mask=causal_mask, use_cache=False)[0]
-    # a kernel cached with autograd on belongs to one graph and to the current weights
-    reset_hf_ema_cache(hf_block)
-    try:
-        return hf_block(x, attention_mask=attention_mask, causal_mask=causal_mask, use_cache=False)[0]
-    finally:
-        reset_hf_ema_cache(hf_block)

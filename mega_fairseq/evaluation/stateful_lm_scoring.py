@@ -32,8 +32,8 @@ from tqdm import tqdm
 from fairseq.data import data_utils
 from fairseq.models import FairseqIncrementalDecoder
 
-from mega_fairseq.modules.gated_attention import MovingAverageGatedAttention
-from mega_fairseq.modules.relative_position import SimpleRelativePositionalBias
+from mega_fairseq.models.mega_options import StackSettings
+from mega_fairseq.modules.layer_settings import MegaLayerSettings
 
 MODES = ("independent", "stateful")
 
@@ -122,17 +122,18 @@ def block_spans(length: int, block_size: int) -> List[Tuple[int, int]]:
 
 
 # ------------------------------------------------------------------ model checks
-def _attention_layers(model) -> Iterator[MovingAverageGatedAttention]:
-    return (m for m in model.modules() if isinstance(m, MovingAverageGatedAttention))
+def mega_block_settings(model) -> Optional[MegaLayerSettings]:
+    """The block settings of a Mega decoder; None for other decoders."""
+    stack = getattr(getattr(model, "decoder", None), "settings", None)
+    return stack.layer if isinstance(stack, StackSettings) else None
 
 
 def unchunked_position_limit(model) -> Optional[int]:
-    """The longest context an unchunked attention layer with the 'simple' relative bias
-    can attend over (its max positions), or None when no layer limits it (chunked or
-    rotary layers attend over any stream)."""
-    limits = [layer.rel_pos_bias.max_positions for layer in _attention_layers(model)
-              if not layer.chunked and isinstance(layer.rel_pos_bias, SimpleRelativePositionalBias)]
-    return min(limits) if limits else None
+    """The longest context the model's blocks can attend over (an unchunked block with the
+    'simple' relative bias: its max positions), or None when nothing limits it (chunked or
+    rotary blocks attend over any stream; other decoders are not checked here)."""
+    settings = mega_block_settings(model)
+    return None if settings is None else settings.length_limit
 
 
 def check_block_size(model, block_size: int) -> None:
@@ -160,7 +161,8 @@ def check_stateful_supported(model, num_inputs: int) -> None:
             "Evaluate a chunked model (--decoder-chunk-size) or one trained with --rel-pos-bias "
             f"rotary, limit the stream with --max-tokens-total {limit}, or use independent mode."
         )
-    if any(not layer.chunked for layer in _attention_layers(model)):
+    settings = mega_block_settings(model)
+    if settings is not None and not settings.chunked:
         warnings.warn("unchunked attention caches the keys of the whole stream: memory grows "
                       "linearly and time quadratically with the stream length")
 

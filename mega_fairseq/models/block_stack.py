@@ -10,33 +10,39 @@ from torch import Tensor
 
 from fairseq.modules import FairseqDropout
 
-from mega_fairseq.modules.mega_layer import MegaLayer, MegaLayerSettings
+from mega_fairseq.models.mega_options import StackSettings
+from mega_fairseq.modules.mega_layer import MegaLayer
 from mega_fairseq.modules.sequence_norm import SequenceNorm
 
 
 class MegaBlockStack:
     """Mixin for fairseq encoder/decoder modules; call :meth:`build_stack` in ``__init__``
-    after ``super().__init__``."""
+    after ``super().__init__``. ``settings`` (:class:`StackSettings`) is the stack's one
+    description: block settings, depth, embedding options and length limit."""
 
-    def build_stack(self, settings: MegaLayerSettings, num_layers: int, side: str,
-                    scale_embedding: bool, normalize_embedding: bool,
-                    affine_final_norm: bool) -> None:
-        if num_layers <= 0:
-            raise ValueError(f"{side}_layers must be a positive integer, got {num_layers}")
-        embed_dim = settings.embed_dim
-        self.embed_scale = math.sqrt(embed_dim) if scale_embedding else 1.0
+    def build_stack(self, settings: StackSettings) -> None:
+        layer = settings.layer
+        embed_dim = layer.embed_dim
+        self.settings = settings
+        self.embed_scale = math.sqrt(embed_dim) if settings.scale_embedding else 1.0
         self.embedding_norm = (
-            SequenceNorm(settings.norm_type, embed_dim, affine=settings.norm_affine)
-            if normalize_embedding
+            SequenceNorm(layer.norm_type, embed_dim, affine=layer.norm_affine)
+            if settings.normalize_embedding
             else None
         )
-        self.embedding_dropout = FairseqDropout(settings.dropout, module_name=type(self).__name__)
-        self.layers = nn.ModuleList([MegaLayer(settings) for _ in range(num_layers)])
+        self.embedding_dropout = FairseqDropout(layer.dropout, module_name=type(self).__name__)
+        self.layers = nn.ModuleList([MegaLayer(layer) for _ in range(settings.num_layers)])
         self.final_norm = (
-            SequenceNorm(settings.norm_type, embed_dim, affine=affine_final_norm)
-            if settings.prenorm
+            SequenceNorm(layer.norm_type, embed_dim, affine=settings.affine_final_norm)
+            if layer.prenorm
             else None
         )
+
+    def max_positions(self) -> int:
+        """The longest input (``settings.max_positions``; 1e6 when unlimited, fairseq's
+        convention for "no limit")."""
+        limit = self.settings.max_positions
+        return int(1e6) if limit is None else limit
 
     def block_input(self, embedding: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
         """Scaled embeddings B x T x C -> the first block's input T x B x C (embedding

@@ -12,10 +12,10 @@ from fairseq.modules import AdaptiveSoftmax
 
 from mega_fairseq.models.block_stack import MegaBlockStack
 from mega_fairseq.models.dictionary_fingerprint import attach_dictionary_fingerprint
+from mega_fairseq.models.mega_options import StackSettings
 from mega_fairseq.models.model_building import check_checkpoint_vocabulary
 from mega_fairseq.models.padding import left_align_columns, padding_mask_or_none
 from mega_fairseq.modules.incremental import IncrementalState
-from mega_fairseq.modules.mega_layer import MegaLayerSettings
 
 _STEPS_KEY = "decoded"
 
@@ -24,43 +24,32 @@ class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
     """Causal Mega blocks over target tokens.
 
     Args:
-        settings: block settings (``causal=True``; ``cross_attention`` for translation)
-        num_layers: number of blocks
+        settings: the stack's settings (causal blocks, with cross-attention for
+            translation; ``max_positions``: the longest target, None for any length)
         dictionary: target dictionary
         embed_tokens: ``nn.Embedding`` or fairseq ``AdaptiveInput``
-        max_target_positions: longest target the model accepts
-        scale_embedding / normalize_embedding / affine_final_norm: embedding options
         share_input_output_embed: tie the output projection to ``embed_tokens``
         adaptive_softmax: optional fairseq ``AdaptiveSoftmax`` (replaces the projection)
-        positions_unbounded: True when no part of the model limits the length (rotary bias
-            or chunked attention); then :meth:`max_positions` is not limited
     """
 
     def __init__(
         self,
-        settings: MegaLayerSettings,
-        num_layers: int,
+        settings: StackSettings,
         dictionary,
         embed_tokens: nn.Module,
-        max_target_positions: int,
-        scale_embedding: bool = True,
-        normalize_embedding: bool = False,
-        affine_final_norm: bool = True,
         share_input_output_embed: bool = False,
         adaptive_softmax: Optional[AdaptiveSoftmax] = None,
-        positions_unbounded: bool = False,
     ):
         super().__init__(dictionary)
-        embed_dim = settings.embed_dim
+        if not settings.layer.causal:
+            raise ValueError("the Mega decoder needs causal block settings")
+        embed_dim = settings.layer.embed_dim
         self.padding_idx = dictionary.pad()
         # the fingerprint names the target dictionary of a translation model
         attach_dictionary_fingerprint(self, dictionary,
-                                      "target" if settings.cross_attention else "lm")
+                                      "target" if settings.layer.cross_attention else "lm")
         self.embed_tokens = embed_tokens
-        self.build_stack(settings, num_layers, "decoder", scale_embedding, normalize_embedding,
-                         affine_final_norm)
-        self.max_target_positions = max_target_positions
-        self.positions_unbounded = positions_unbounded
+        self.build_stack(settings)
         self.adaptive_softmax = adaptive_softmax
         self.output_projection = None
         if adaptive_softmax is None:
@@ -169,11 +158,6 @@ class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
         self.set_incremental_state(
             incremental_state, _STEPS_KEY, {"count": torch.tensor(count, dtype=torch.long)}
         )
-
-    def max_positions(self):
-        if self.positions_unbounded:
-            return int(1e6)
-        return self.max_target_positions
 
     def get_normalized_probs(self, net_output, log_probs, sample=None):
         return self.get_normalized_probs_scriptable(net_output, log_probs, sample)

@@ -11,21 +11,20 @@ from fairseq.models import FairseqEncoder
 
 from mega_fairseq.models.block_stack import MegaBlockStack
 from mega_fairseq.models.dictionary_fingerprint import attach_dictionary_fingerprint
+from mega_fairseq.models.mega_options import StackSettings
 from mega_fairseq.models.model_building import check_checkpoint_vocabulary
 from mega_fairseq.models.padding import any_true, has_values, roll_last
-from mega_fairseq.modules.mega_layer import MegaLayerSettings
 
 
 class MegaEncoder(MegaBlockStack, FairseqEncoder):
     """Mega blocks with bidirectional EMA and full (or chunked) attention over source tokens.
 
     Args:
-        settings: block settings (``causal=False``)
-        num_layers: number of blocks
+        settings: the stack's settings (non-causal blocks; ``max_positions``: the longest
+            source it accepts)
         dictionary: source dictionary
-        embed_tokens: ``nn.Embedding``
-        max_source_positions: longest source the model accepts
-        scale_embedding / normalize_embedding / affine_final_norm: embedding options
+        embed_tokens: the token embedding, ``nn.Embedding`` or a module with the same call
+            (B x S ids -> B x S x C) and a ``weight`` giving the model's device and dtype
         embed_token_types: optional ``nn.Embedding`` over token types (segments), summed
             with the token embeddings; ``forward(..., token_types=B x S)`` (default: type 0)
 
@@ -36,26 +35,25 @@ class MegaEncoder(MegaBlockStack, FairseqEncoder):
 
     def __init__(
         self,
-        settings: MegaLayerSettings,
-        num_layers: int,
+        settings: StackSettings,
         dictionary,
-        embed_tokens: nn.Embedding,
-        max_source_positions: int,
-        scale_embedding: bool = True,
-        normalize_embedding: bool = False,
-        affine_final_norm: bool = True,
+        embed_tokens: nn.Module,
         embed_token_types: Optional[nn.Embedding] = None,
     ):
         super().__init__(dictionary)
-        if settings.causal:
+        if settings.layer.causal:
             raise ValueError("the Mega encoder needs non-causal block settings")
         self.padding_idx = dictionary.pad()
         attach_dictionary_fingerprint(self, dictionary, "source")
         self.embed_tokens = embed_tokens
         self.embed_token_types = embed_token_types
-        self.build_stack(settings, num_layers, "encoder", scale_embedding, normalize_embedding,
-                         affine_final_norm)
-        self.max_source_positions = max_source_positions
+        self.build_stack(settings)
+
+    def replace_token_embedding(self, embed_tokens: nn.Module) -> None:
+        """Use ``embed_tokens`` (same call as ``nn.Embedding``: B x S ids -> B x S x C) as
+        the token embedding, e.g. a projection of pixel values; a tied masked-LM head keeps
+        the old table."""
+        self.embed_tokens = embed_tokens
 
     def forward(
         self,
@@ -157,9 +155,6 @@ class MegaEncoder(MegaBlockStack, FairseqEncoder):
             "src_lengths": select("src_lengths", 0),
             "encoder_left_padding": select("encoder_left_padding", 0),
         }
-
-    def max_positions(self) -> int:
-        return self.max_source_positions
 
     def upgrade_state_dict_named(self, state_dict, name):
         prefix = f"{name}." if name else ""

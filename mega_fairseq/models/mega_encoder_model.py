@@ -12,7 +12,12 @@ The model is a :class:`~fairseq.models.FairseqEncoderModel` around
   ``<s>`` in its masked_lm / sentence_prediction data; ``mean``: mean over the real tokens),
   optionally over a pair of sentences ([u, v, u*v, |u-v|], ``classify_pair``),
 * named token heads (``token_heads``) over every token's final state,
-* optional token-type (segment) embeddings (``--type-vocab-size``).
+* optional token-type (segment) embeddings (``--type-vocab-size``),
+* :meth:`MegaEncoderModel.replace_token_embedding`, the hook through which a task puts
+  another input embedding in place of the token table (``lra-image``'s pixel values).
+
+The heads live in :mod:`~mega_fairseq.models.encoder_heads`, the ``--arch`` presets in
+:mod:`~mega_fairseq.models.mega_encoder_presets`.
 
 Returned B x T tensors (features, token-head logits, ``padding_mask``) are right-aligned:
 left-padded inputs are moved to the right before the blocks run (see ``MegaEncoder``).
@@ -20,7 +25,6 @@ fairseq's masked_lm / sentence_prediction / sentence_ranking data is right-padde
 them the output order is the input order.
 """
 
-import argparse
 import logging
 from dataclasses import dataclass, field
 from typing import Dict, Optional
@@ -32,11 +36,7 @@ from torch import Tensor
 
 from fairseq import utils
 from fairseq.dataclass import ChoiceEnum
-from fairseq.models import (
-    FairseqEncoderModel,
-    register_model,
-    register_model_architecture,
-)
+from fairseq.models import FairseqEncoderModel, register_model
 from fairseq.utils import safe_getattr
 
 from mega_fairseq.errors import OptionError
@@ -44,17 +44,23 @@ from mega_fairseq.models.mega_encoder import MegaEncoder
 from mega_fairseq.models.mega_options import (
     MegaCommonConfig,
     MegaEncoderConfig,
-    layer_settings,
+    stack_settings,
+)
+from mega_fairseq.models.encoder_heads import (
+    HEAD_KINDS,
+    MegaClassificationHead,
+    MegaLMHead,
+    MegaTokenHead,
+    find_head,
+    reconcile_heads,
+    store_head,
 )
 from mega_fairseq.models.model_building import (
     build_embedding,
     refuse_foreign_checkpoint,
-    set_arch_defaults,
-    stack_embedding_options,
-    warn_if_preset_not_applied,
+    model_config,
 )
 from mega_fairseq.models.padding import any_true, right_align
-from mega_fairseq.modules.activations import get_activation_fn
 
 logger = logging.getLogger(__name__)
 
@@ -157,63 +163,6 @@ def _set_option(cfg, name: str, value) -> None:
         logger.debug("could not record %s=%s in the model config", name, value)
 
 
-class MegaLMHead(nn.Module):
-    """Masked-LM head: dense -> activation -> LayerNorm -> vocabulary projection (+ bias)."""
-
-    def __init__(self, embed_dim: int, vocab_size: int, activation: str,
-                 weight: Optional[nn.Parameter] = None):
-        super().__init__()
-        self.dense = nn.Linear(embed_dim, embed_dim)
-        self.activation_fn = get_activation_fn(activation)
-        self.layer_norm = nn.LayerNorm(embed_dim)
-        if weight is None:
-            weight = nn.Parameter(torch.empty(vocab_size, embed_dim))
-            nn.init.normal_(weight, mean=0.0, std=embed_dim ** -0.5)
-        self.weight = weight
-        self.bias = nn.Parameter(torch.zeros(vocab_size))
-
-    def forward(self, features: Tensor, masked_tokens: Optional[Tensor] = None) -> Tensor:
-        """features: B x T x C; masked_tokens: B x T bool -> B x T x V, or M x V for the
-        M masked positions (row-major order) when ``masked_tokens`` is given."""
-        if masked_tokens is not None:
-            features = features[masked_tokens, :]
-        x = self.layer_norm(self.activation_fn(self.dense(features)))
-        return F.linear(x, self.weight) + self.bias
-
-
-class MegaClassificationHead(nn.Module):
-    """Sentence head as RoBERTa's: dropout -> dense -> activation -> dropout -> out_proj, over
-    a pooled sentence vector of ``input_multiplier`` x embed_dim features."""
-
-    def __init__(self, input_dim: int, inner_dim: int, num_classes: int, activation_fn: str,
-                 pooler_dropout: float, input_multiplier: int = 1):
-        super().__init__()
-        self.input_multiplier = input_multiplier
-        self.dense = nn.Linear(input_dim * input_multiplier, inner_dim)
-        self.activation_fn = utils.get_activation_fn(activation_fn)
-        self.dropout = nn.Dropout(p=pooler_dropout)
-        self.out_proj = nn.Linear(inner_dim, num_classes)
-
-    def forward(self, sentence: Tensor) -> Tensor:
-        """sentence: B x (input_multiplier * C) -> B x num_classes."""
-        x = self.dropout(sentence)
-        x = self.dropout(self.activation_fn(self.dense(x)))
-        return self.out_proj(x)
-
-
-class MegaTokenHead(nn.Module):
-    """Per-token head: dropout -> linear over each token's final state."""
-
-    def __init__(self, input_dim: int, num_labels: int, pooler_dropout: float):
-        super().__init__()
-        self.dropout = nn.Dropout(p=pooler_dropout)
-        self.out_proj = nn.Linear(input_dim, num_labels)
-
-    def forward(self, features: Tensor) -> Tensor:
-        """features: B x T x C -> B x T x num_labels."""
-        return self.out_proj(self.dropout(features))
-
-
 @register_model("mega_encoder", dataclass=MegaEncoderModelConfig)
 class MegaEncoderModel(FairseqEncoderModel):
     """Bidirectional Mega encoder with masked-LM, sentence-classification and token heads.
@@ -238,10 +187,7 @@ class MegaEncoderModel(FairseqEncoderModel):
 
     @classmethod
     def build_model(cls, cfg: MegaEncoderModelConfig, task):
-        if isinstance(cfg, argparse.Namespace):
-            # fairseq's legacy path (``build_model(args, task)`` with ``--arch`` presets)
-            cfg = MegaEncoderModelConfig.from_namespace(cfg)
-        warn_if_preset_not_applied(cfg, "mega_encoder", MegaEncoderModelConfig)
+        cfg = model_config(cfg, "mega_encoder", MegaEncoderModelConfig)
         dictionary = getattr(task, "source_dictionary", None)
         if dictionary is None:
             raise OptionError(
@@ -267,7 +213,7 @@ class MegaEncoderModel(FairseqEncoderModel):
         max_positions = _resolve_max_positions(cfg, task)
         _set_option(cfg, "max_source_positions", max_positions)
         # block settings first: bad sizes are refused naming their options
-        settings = layer_settings(cfg, "encoder", max_positions, causal=False)
+        settings = stack_settings(cfg, "encoder", max_positions)
 
         embed_dim = cfg.encoder_embed_dim
         embed_tokens = build_embedding(dictionary, embed_dim)
@@ -275,15 +221,7 @@ class MegaEncoderModel(FairseqEncoderModel):
         if cfg.type_vocab_size > 0:
             embed_token_types = nn.Embedding(cfg.type_vocab_size, embed_dim)
             nn.init.normal_(embed_token_types.weight, mean=0.0, std=embed_dim ** -0.5)
-        encoder = MegaEncoder(
-            settings,
-            cfg.encoder_layers,
-            dictionary,
-            embed_tokens,
-            max_source_positions=max_positions,
-            embed_token_types=embed_token_types,
-            **stack_embedding_options(cfg),
-        )
+        encoder = MegaEncoder(settings, dictionary, embed_tokens, embed_token_types)
         lm_head = MegaLMHead(
             embed_dim,
             len(dictionary),
@@ -326,7 +264,7 @@ class MegaEncoderModel(FairseqEncoderModel):
             head = self._sentence_head(classification_head_name, pair=False)
             return head(self._pool(features, extra["padding_mask"])), extra
         if token_head_name is not None:
-            return self._head("token", token_head_name)(features), extra
+            return find_head(self, HEAD_KINDS["token"], token_head_name)(features), extra
         if features_only:
             return features, extra
         if masked_tokens is not None:
@@ -414,19 +352,8 @@ class MegaEncoderModel(FairseqEncoderModel):
                 f"input_multiplier must be 1 (one sentence) or 4 (a pair: [u, v, u*v, |u-v|]), "
                 f"got {input_multiplier}"
             )
-        inner_dim = inner_dim or self.embed_dim
-        if name in self.classification_heads:
-            previous = self.classification_heads[name]
-            before = (previous.out_proj.out_features, previous.dense.out_features,
-                      previous.input_multiplier)
-            if before != (num_classes, inner_dim, input_multiplier):
-                logger.warning(
-                    "re-registering classification head %r with num_classes %s, inner_dim %s, "
-                    "input_multiplier %s (previously %s, %s, %s)",
-                    name, num_classes, inner_dim, input_multiplier, *before,
-                )
-        self.classification_heads[name] = self._like_model(MegaClassificationHead(
-            self.embed_dim, inner_dim, num_classes, self.pooler_activation_fn,
+        store_head(self, HEAD_KINDS["classification"], name, MegaClassificationHead(
+            self.embed_dim, inner_dim or self.embed_dim, num_classes, self.pooler_activation_fn,
             self.pooler_dropout, input_multiplier,
         ))
 
@@ -434,31 +361,11 @@ class MegaEncoderModel(FairseqEncoderModel):
         """A per-token head ``name``: B x T x num_labels logits."""
         if num_labels is None or num_labels <= 0:
             raise ValueError(f"token head {name!r} needs a positive num_labels, got {num_labels}")
-        if name in self.token_heads and self.token_heads[name].out_proj.out_features != num_labels:
-            logger.warning(
-                "re-registering token head %r with num_labels %s (previously %s)",
-                name, num_labels, self.token_heads[name].out_proj.out_features,
-            )
-        self.token_heads[name] = self._like_model(
-            MegaTokenHead(self.embed_dim, num_labels, self.pooler_dropout)
-        )
-
-    def _like_model(self, head: nn.Module) -> nn.Module:
-        """A new head on the model's device and dtype, in its train/eval mode."""
-        weight = self.encoder.embed_tokens.weight
-        return head.to(device=weight.device, dtype=weight.dtype).train(self.training)
-
-    def _head(self, kind: str, name: str) -> nn.Module:
-        heads = self.classification_heads if kind == "classification" else self.token_heads
-        if name not in heads:
-            raise ValueError(
-                f"no {kind} head named {name!r}; registered {kind} heads: "
-                f"{sorted(heads.keys()) or 'none'} (register_{kind}_head)"
-            )
-        return heads[name]
+        store_head(self, HEAD_KINDS["token"], name,
+                   MegaTokenHead(self.embed_dim, num_labels, self.pooler_dropout))
 
     def _sentence_head(self, name: str, pair: bool) -> MegaClassificationHead:
-        head = self._head("classification", name)
+        head = find_head(self, HEAD_KINDS["classification"], name)
         if pair and head.input_multiplier != 4:
             raise ValueError(
                 f"classification head {name!r} takes one sentence; classify_pair needs a head "
@@ -470,6 +377,11 @@ class MegaEncoderModel(FairseqEncoderModel):
                 f"{head.input_multiplier}); use classify_pair"
             )
         return head
+
+    def replace_token_embedding(self, embed_tokens: nn.Module) -> None:
+        """Use ``embed_tokens`` as the encoder's token embedding (see
+        :meth:`MegaEncoder.replace_token_embedding`)."""
+        self.encoder.replace_token_embedding(embed_tokens)
 
     def max_positions(self):
         return self.encoder.max_positions()
@@ -492,170 +404,6 @@ class MegaEncoderModel(FairseqEncoderModel):
             "load it with the model type it was trained with",
         )
         super().upgrade_state_dict_named(state_dict, name)
-        self._reconcile_heads(state_dict, prefix, "classification")
-        self._reconcile_heads(state_dict, prefix, "token")
-
-    def _reconcile_heads(self, state_dict, prefix: str, kind: str) -> None:
-        heads = self.classification_heads if kind == "classification" else self.token_heads
-        head_prefix = f"{prefix}{kind}_heads."
         load_heads = bool(safe_getattr(self.args, "load_checkpoint_heads", False))
-        names = sorted({k[len(head_prefix):].split(".")[0]
-                        for k in state_dict if k.startswith(head_prefix)})
-        for head in names:
-            keys = [k for k in state_dict if k.startswith(f"{head_prefix}{head}.")]
-            shapes = self._checkpoint_head_shape(state_dict, f"{head_prefix}{head}.", kind)
-            if head not in heads:
-                if load_heads and shapes is not None:
-                    self._register_from_shape(kind, head, shapes)
-                    continue
-                logger.warning("deleting %s head %r from the checkpoint: not present in the "
-                               "current model", kind, head)
-            elif shapes != self._current_head_shape(heads[head], kind):
-                logger.warning("deleting %s head %r from the checkpoint: its dimensions %s differ "
-                               "from the current model's %s", kind, head, shapes,
-                               self._current_head_shape(heads[head], kind))
-            else:
-                continue
-            for k in keys:
-                del state_dict[k]
-        for k, v in heads.state_dict().items():
-            if head_prefix + k not in state_dict:
-                logger.info("%s head parameter %s is not in the checkpoint: keeping the current "
-                            "weights", kind, head_prefix + k)
-                state_dict[head_prefix + k] = v
-
-    @staticmethod
-    def _checkpoint_head_shape(state_dict, head_prefix: str, kind: str):
-        out = state_dict.get(head_prefix + "out_proj.weight")
-        if kind == "token":
-            return None if out is None else (out.size(0),)
-        dense = state_dict.get(head_prefix + "dense.weight")
-        if out is None or dense is None:
-            return None
-        return (out.size(0), dense.size(0), dense.size(1))
-
-    @staticmethod
-    def _current_head_shape(head: nn.Module, kind: str):
-        if kind == "token":
-            return (head.out_proj.out_features,)
-        return (head.out_proj.out_features, head.dense.out_features, head.dense.in_features)
-
-    def _register_from_shape(self, kind: str, name: str, shape) -> None:
-        if kind == "token":
-            self.register_token_head(name, shape[0])
-            return
-        num_classes, inner_dim, input_dim = shape
-        if input_dim % self.embed_dim:
-            raise ValueError(
-                f"classification head {name!r} of the checkpoint takes {input_dim} inputs, not a "
-                f"multiple of the embedding dimension {self.embed_dim}"
-            )
-        self.register_classification_head(name, num_classes, inner_dim,
-                                          input_multiplier=input_dim // self.embed_dim)
-
-
-# ----------------------------------------------------------------- architectures
-def _set_sizes(args, embed, hidden, ffn, z, n, layers):
-    set_arch_defaults(
-        args,
-        encoder_embed_dim=embed,
-        encoder_hidden_dim=hidden,
-        encoder_ffn_embed_dim=ffn,
-        encoder_z_dim=z,
-        encoder_n_dim=n,
-        encoder_layers=layers,
-    )
-
-
-@register_model_architecture("mega_encoder", "mega_encoder_base")
-def mega_encoder_base(args):
-    """BERT-base class (about 124M parameters with a 50k vocabulary): 12 pre-norm blocks,
-    embed 768, hidden = FFN = 2 x embed, z 128, EMA ndim 16 (the Mega paper's ratios: its
-    base models use hidden = FFN = 2 x embed and z 128). Pre-norm for stable deep
-    pretraining. Same as ``--arch mega_encoder`` (the config defaults)."""
-    _set_sizes(args, 768, 1536, 1536, 128, 16, 12)
-    set_arch_defaults(
-        args,
-        normalize_before=True,
-        normalization_type="layernorm",
-        activation_fn="silu",
-        attention_activation_fn="softmax",
-        rel_pos_bias="simple",
-        dropout=0.1,
-        sentence_rep="cls",
-    )
-
-
-@register_model_architecture("mega_encoder", "mega_encoder_tiny")
-def mega_encoder_tiny(args):
-    """2 small blocks for CPU tests and examples."""
-    _set_sizes(args, 64, 128, 128, 32, 4, 2)
-    mega_encoder_base(args)
-
-
-# Long Range Arena presets. Sizes, EMA ndim 16, truncation (1024; Path-X 4096), chunk sizes,
-# max positions (ListOps 2002, Text/Retrieval 4002, Image/Pathfinder 1024, Path-X 128*128),
-# mean-pooled sentence representation ('mp') and the norms of ListOps/Text/Image/Pathfinder
-# come from the authors' architectures (facebookresearch/mega, fairseq/models/lra/model.py:
-# mega_lra_*; Retrieval's scalenorm from its training command);
-# attention activation (softmax for text, laplace for image tasks), pre-norm for the image
-# tasks, dropout (0.1 text, 0.0 image), attention/activation dropout 0.0 come from their
-# training commands (examples/mega/README.lra.md), which also pass --norm-type layernorm for
-# ListOps (the architecture's default there is scalenorm, kept here) and syncbatchnorm for
-# Path-X. The authors train with --weight-decay, linear-decay lr schedules, etc. (see that README).
-def _lra(args, embed, hidden, ffn, z, layers, *, norm, prenorm, attention_activation, dropout,
-         max_positions, chunk=-1, truncation=1024):
-    _set_sizes(args, embed, hidden, ffn, z, 16, layers)
-    set_arch_defaults(
-        args,
-        normalization_type=norm,
-        normalize_before=prenorm,
-        activation_fn="silu",
-        attention_activation_fn=attention_activation,
-        rel_pos_bias="simple",
-        dropout=dropout,
-        attention_dropout=0.0,
-        hidden_dropout=0.0,
-        activation_dropout=0.0,
-        encoder_chunk_size=chunk,
-        truncation_length=truncation,
-        max_positions=max_positions,
-        sentence_rep="mean",
-    )
-
-
-@register_model_architecture("mega_encoder", "mega_lra_listop")
-def mega_lra_listop(args):
-    _lra(args, 80, 160, 160, 64, 6, norm="scalenorm", prenorm=False,
-         attention_activation="softmax", dropout=0.1, max_positions=2002)
-
-
-@register_model_architecture("mega_encoder", "mega_lra_imdb")
-def mega_lra_imdb(args):
-    _lra(args, 128, 256, 256, 64, 4, norm="scalenorm", prenorm=False,
-         attention_activation="softmax", dropout=0.1, max_positions=4002)
-
-
-@register_model_architecture("mega_encoder", "mega_lra_aan")
-def mega_lra_aan(args):
-    _lra(args, 128, 256, 256, 64, 6, norm="scalenorm", prenorm=False,
-         attention_activation="softmax", dropout=0.1, max_positions=4002)
-
-
-@register_model_architecture("mega_encoder", "mega_lra_cifar10")
-def mega_lra_cifar10(args):
-    _lra(args, 160, 320, 320, 96, 8, norm="batchnorm", prenorm=True,
-         attention_activation="laplace", dropout=0.0, max_positions=1024, chunk=1024)
-
-
-@register_model_architecture("mega_encoder", "mega_lra_pf32")
-def mega_lra_pf32(args):
-    _lra(args, 128, 256, 256, 64, 6, norm="batchnorm", prenorm=True,
-         attention_activation="laplace", dropout=0.0, max_positions=1024, chunk=1024)
-
-
-@register_model_architecture("mega_encoder", "mega_lra_pf128")
-def mega_lra_pf128(args):
-    _lra(args, 64, 128, 128, 32, 4, norm="syncbatchnorm", prenorm=True,
-         attention_activation="laplace", dropout=0.0, max_positions=128 * 128,
-         chunk=128 * 128, truncation=4096)
+        for kind in HEAD_KINDS.values():
+            reconcile_heads(self, state_dict, prefix, kind, load_heads)

@@ -1,6 +1,5 @@
 """``mega_lm``: a decoder-only Mega language model for fairseq's ``language_modeling`` task."""
 
-import argparse
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -21,14 +20,13 @@ from mega_fairseq.models.mega_decoder import MegaDecoder
 from mega_fairseq.models.model_building import (
     build_embedding,
     set_arch_defaults,
-    stack_embedding_options,
-    warn_if_preset_not_applied,
+    set_stack_sizes,
+    model_config,
 )
 from mega_fairseq.models.mega_options import (
     MegaCommonConfig,
     MegaDecoderConfig,
-    chunk_size_or_none,
-    layer_settings,
+    stack_settings,
 )
 
 
@@ -96,11 +94,7 @@ class MegaLanguageModel(FairseqLanguageModel):
 
     @classmethod
     def build_model(cls, cfg: MegaLanguageModelConfig, task):
-        if isinstance(cfg, argparse.Namespace):
-            # fairseq's legacy path (``build_model(args, task)`` with ``--arch`` presets):
-            # the namespace holds only the options set on the command line or by the preset
-            cfg = MegaLanguageModelConfig.from_namespace(cfg)
-        warn_if_preset_not_applied(
+        cfg = model_config(
             cfg, "mega_lm", MegaLanguageModelConfig, ("adaptive_input", "adaptive_softmax_cutoff")
         )
         if isinstance(task, TranslationTask):
@@ -114,12 +108,12 @@ class MegaLanguageModel(FairseqLanguageModel):
         max_target_positions = cfg.max_target_positions
         if max_target_positions is None:
             max_target_positions = tokens_per_sample if tokens_per_sample is not None else 1024
-        chunked = chunk_size_or_none(cfg, "decoder") is not None
-        positions_unbounded = chunked or str(cfg.rel_pos_bias) == "rotary"
+        # block settings first: bad sizes are refused naming their options
+        settings = stack_settings(cfg, "decoder", max_target_positions, limited_by_blocks=True)
         if (
-            not positions_unbounded
+            settings.max_positions is not None
             and tokens_per_sample is not None
-            and tokens_per_sample > max_target_positions
+            and tokens_per_sample > settings.max_positions
         ):
             raise OptionError(
                 f"--tokens-per-sample {tokens_per_sample} exceeds --max-target-positions "
@@ -127,9 +121,6 @@ class MegaLanguageModel(FairseqLanguageModel):
                 "bias; raise --max-target-positions, use --rel-pos-bias rotary, or chunk with "
                 "--decoder-chunk-size"
             )
-
-        # block settings first: bad sizes are refused naming their options
-        settings = layer_settings(cfg, "decoder", max_target_positions, causal=True)
         embed_dim = cfg.decoder_embed_dim
         if cfg.adaptive_input:
             embed_tokens = AdaptiveInput(
@@ -180,40 +171,24 @@ class MegaLanguageModel(FairseqLanguageModel):
 
         decoder = MegaDecoder(
             settings,
-            cfg.decoder_layers,
             dictionary,
             embed_tokens,
-            max_target_positions=max_target_positions,
             share_input_output_embed=cfg.share_decoder_input_output_embed,
             adaptive_softmax=adaptive_softmax,
-            positions_unbounded=positions_unbounded,
-            **stack_embedding_options(cfg),
         )
         return cls(decoder)
 
 
 # ----------------------------------------------------------------- architectures
-def _set_sizes(args, embed, hidden, ffn, z, n, layers):
-    set_arch_defaults(
-        args,
-        decoder_embed_dim=embed,
-        decoder_hidden_dim=hidden,
-        decoder_ffn_embed_dim=ffn,
-        decoder_z_dim=z,
-        decoder_n_dim=n,
-        decoder_layers=layers,
-    )
-
-
 def mega_lm_base(args):
     """The ``mega_lm`` architecture (registered by fairseq from the config defaults)."""
-    _set_sizes(args, 512, 1664, 1664, 128, 16, 6)
+    set_stack_sizes(args, ("decoder",), 512, 1664, 1664, 128, 16, 6)
     set_arch_defaults(args, normalize_before=True, normalization_type="layernorm")
 
 
 @register_model_architecture("mega_lm", "mega_lm_tiny")
 def mega_lm_tiny(args):
-    _set_sizes(args, 64, 128, 128, 32, 4, 2)
+    set_stack_sizes(args, ("decoder",), 64, 128, 128, 32, 4, 2)
     # tied input/output embeddings unless adaptive input/softmax replace them
     adaptive = safe_getattr(args, "adaptive_input", False) or (
         safe_getattr(args, "adaptive_softmax_cutoff", None) is not None
@@ -224,7 +199,7 @@ def mega_lm_tiny(args):
 
 @register_model_architecture("mega_lm", "mega_lm_big")
 def mega_lm_big(args):
-    _set_sizes(args, 1024, 2048, 2048, 256, 16, 16)
+    set_stack_sizes(args, ("decoder",), 1024, 2048, 2048, 256, 16, 16)
     mega_lm_base(args)
 
 
@@ -271,20 +246,20 @@ def mega_lm_wiki103(args):
 
 @register_model_architecture("mega_lm", "mega_lm_adaptive_base")
 def mega_lm_adaptive_base(args):
-    _set_sizes(args, 768, 1536, 1536, 128, 16, 16)
+    set_stack_sizes(args, ("decoder",), 768, 1536, 1536, 128, 16, 16)
     _adaptive(args)
     mega_lm_base(args)
 
 
 @register_model_architecture("mega_lm", "mega_lm_enwik8_base")
 def mega_lm_enwik8_base(args):
-    _set_sizes(args, 512, 1024, 1024, 128, 16, 12)
+    set_stack_sizes(args, ("decoder",), 512, 1024, 1024, 128, 16, 12)
     _enwik8(args)
     mega_lm_base(args)
 
 
 @register_model_architecture("mega_lm", "mega_lm_enwik8_large")
 def mega_lm_enwik8_large(args):
-    _set_sizes(args, 1024, 1536, 1536, 128, 16, 24)
+    set_stack_sizes(args, ("decoder",), 1024, 1536, 1536, 128, 16, 24)
     _enwik8(args)
     mega_lm_base(args)

@@ -1,9 +1,10 @@
 """Typed fairseq options shared by all Mega models, and the one place that turns them into
-:class:`~mega_fairseq.modules.mega_layer.MegaLayerSettings`.
+block settings (:class:`~mega_fairseq.modules.layer_settings.MegaLayerSettings`).
 
 Models compose their dataclass config from these groups (``MegaCommonConfig`` plus
 ``MegaDecoderConfig`` and/or ``MegaEncoderConfig``), so the LM, translation and encoder
-models share option names, defaults and help texts.  No default is derived by
+models share option names, defaults and help texts; :func:`stack_settings` turns a
+config into each side's validated :class:`StackSettings`.  No default is derived by
 interpolation from another option: sizes that depend on others are computed in code, so
 the command line and YAML configs always agree.
 """
@@ -13,13 +14,11 @@ from typing import Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
-from mega_fairseq.models.option_checks import (
-    check_layer_settings,
-    check_stack_options,
-    length_option,
-)
+from mega_fairseq.errors import OptionError
+from mega_fairseq.models.option_names import option_attribute, option_name
 from mega_fairseq.modules.activations import ACTIVATIONS, ATTENTION_ACTIVATIONS
-from mega_fairseq.modules.mega_layer import MegaLayerSettings
+from mega_fairseq.modules.layer_settings import InvalidSetting, MegaLayerSettings
+from mega_fairseq.modules.length_options import optional_length
 from mega_fairseq.modules.relative_position import REL_POS_BIAS_TYPES
 from mega_fairseq.modules.sequence_norm import NORM_TYPES
 
@@ -128,61 +127,91 @@ class MegaEncoderConfig(FairseqDataclass):
     )
 
 
-def chunk_size_or_none(cfg, side: str) -> Optional[int]:
-    """The chunk size of ``side`` ('encoder' or 'decoder'), None when not chunked;
-    :class:`~mega_fairseq.errors.OptionError` naming the option for other values."""
-    return length_option(f"--{side}-chunk-size", getattr(cfg, f"{side}_chunk_size"))
+@dataclass(frozen=True)
+class StackSettings:
+    """One encoder or decoder stack: its validated block settings, depth and embedding
+    options, and ``max_positions``, the longest input it accepts (None: any length)."""
+
+    layer: MegaLayerSettings
+    num_layers: int
+    max_positions: Optional[int]
+    scale_embedding: bool = True
+    normalize_embedding: bool = False
+    affine_final_norm: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int) or self.num_layers <= 0:
+            raise ValueError(f"num_layers must be a positive integer, got {self.num_layers!r}")
+        if self.max_positions is not None and self.max_positions <= 0:
+            raise ValueError(f"max_positions must be positive or None, got {self.max_positions!r}")
 
 
-def relative_bias_positions(cfg, side: str, max_length: int) -> int:
-    """How many positions the relative bias must cover: the chunk when chunked, else the
-    longest input of that side."""
-    chunk = chunk_size_or_none(cfg, side)
-    return chunk if chunk is not None else max_length
+def side_option(cfg, setting: str, side: str):
+    """The value of ``side``'s own option for ``setting`` (see ``option_names.SIDE_SETTINGS``)."""
+    return getattr(cfg, option_attribute(setting, side))
 
 
-def layer_settings(
+def stack_settings(
     cfg,
     side: str,
-    max_length: int,
-    causal: bool,
-    cross_attention: bool = False,
-    cross_max_length: Optional[int] = None,
-) -> MegaLayerSettings:
-    """Mega block settings for ``side`` ('encoder' or 'decoder') of a model config.
+    max_positions: int,
+    cross_max_positions: Optional[int] = None,
+    limited_by_blocks: bool = False,
+) -> StackSettings:
+    """The settings of ``side`` ('encoder': bidirectional blocks; 'decoder': causal ones)
+    of a model config, validated once; the one builder of Mega blocks for every model.
 
-    ``max_length``: the longest input of that side; ``cross_max_length``: the longest
-    target or source position the cross-attention bias must cover (decoders of
-    encoder-decoder models; cross-attention is never chunked).
+    ``max_positions``: the longest input of that side (``--max-{source,target}-positions``);
+    ``cross_max_positions``: the positions the cross-attention bias covers (decoders of
+    encoder-decoder models; cross-attention is never chunked). ``limited_by_blocks``: the
+    stack accepts whatever its blocks accept (language models: any length when chunked or
+    rotary) instead of ``max_positions``.
 
     Bad option values raise :class:`~mega_fairseq.errors.OptionError` naming the
-    command-line option (see :mod:`mega_fairseq.models.option_checks`)."""
+    command-line option."""
     if side not in ("encoder", "decoder"):
         raise ValueError(f"side must be 'encoder' or 'decoder', got {side!r}")
-    check_stack_options(cfg, side)
-    settings = MegaLayerSettings(
-        embed_dim=getattr(cfg, f"{side}_embed_dim"),
-        zdim=getattr(cfg, f"{side}_z_dim"),
-        hdim=getattr(cfg, f"{side}_hidden_dim"),
-        ndim=getattr(cfg, f"{side}_n_dim"),
-        ffn_hidden_dim=getattr(cfg, f"{side}_ffn_embed_dim"),
-        causal=causal,
-        cross_attention=cross_attention,
-        dropout=cfg.dropout,
-        attention_dropout=cfg.attention_dropout,
-        hidden_dropout=cfg.hidden_dropout,
-        activation_dropout=cfg.activation_dropout,
-        feature_dropout=cfg.feature_dropout,
-        activation=str(cfg.activation_fn),
-        attention_activation=str(cfg.attention_activation_fn),
-        norm_type=str(cfg.normalization_type),
-        prenorm=cfg.normalize_before,
-        norm_affine=not cfg.no_affine_norm,
-        rel_pos_bias=str(cfg.rel_pos_bias),
-        max_positions=relative_bias_positions(cfg, side, max_length),
-        cross_max_positions=cross_max_length if cross_attention else None,
-        chunk_size=chunk_size_or_none(cfg, side) or -1,
-        truncation=length_option("--truncation-length", cfg.truncation_length),
+    for setting, value in (("num_layers", side_option(cfg, "num_layers", side)),
+                           ("max_positions", max_positions)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise OptionError(f"{option_name(setting, side)} must be a positive integer, got {value!r}")
+    try:
+        chunk = optional_length(option_name("chunk_size", side), side_option(cfg, "chunk_size", side))
+    except ValueError as error:
+        raise OptionError(str(error)) from None
+    try:
+        layer = MegaLayerSettings(
+            embed_dim=side_option(cfg, "embed_dim", side),
+            zdim=side_option(cfg, "zdim", side),
+            hdim=side_option(cfg, "hdim", side),
+            ndim=side_option(cfg, "ndim", side),
+            ffn_hidden_dim=side_option(cfg, "ffn_hidden_dim", side),
+            causal=side == "decoder",
+            cross_attention=cross_max_positions is not None,
+            dropout=cfg.dropout,
+            attention_dropout=cfg.attention_dropout,
+            hidden_dropout=cfg.hidden_dropout,
+            activation_dropout=cfg.activation_dropout,
+            feature_dropout=cfg.feature_dropout,
+            activation=cfg.activation_fn,
+            attention_activation=cfg.attention_activation_fn,
+            norm_type=cfg.normalization_type,
+            prenorm=cfg.normalize_before,
+            norm_affine=not cfg.no_affine_norm,
+            rel_pos_bias=cfg.rel_pos_bias,
+            # the relative bias covers one attention window: the chunk when chunked
+            max_positions=chunk if chunk is not None else max_positions,
+            cross_max_positions=cross_max_positions,
+            chunk_size=chunk,
+            truncation=cfg.truncation_length,
+        )
+    except InvalidSetting as error:
+        raise OptionError(error.naming(lambda setting: option_name(setting, side))) from None
+    return StackSettings(
+        layer=layer,
+        num_layers=side_option(cfg, "num_layers", side),
+        max_positions=layer.length_limit if limited_by_blocks else max_positions,
+        scale_embedding=not cfg.no_scale_embedding,
+        normalize_embedding=cfg.normalize_embedding,
+        affine_final_norm=not cfg.no_affine_final_norm,
     )
-    check_layer_settings(settings, side)
-    return settings

@@ -1,7 +1,6 @@
 """``mega``: the Mega encoder-decoder for fairseq's ``translation`` task (and any task
 with source and target dictionaries)."""
 
-import argparse
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -20,14 +19,14 @@ from mega_fairseq.models.mega_options import (
     MegaCommonConfig,
     MegaDecoderConfig,
     MegaEncoderConfig,
-    layer_settings,
+    stack_settings,
 )
 from mega_fairseq.models.model_building import (
     build_embedding,
     refuse_foreign_checkpoint,
     set_arch_defaults,
-    stack_embedding_options,
-    warn_if_preset_not_applied,
+    set_stack_sizes,
+    model_config,
 )
 
 
@@ -50,12 +49,6 @@ class MegaTranslationConfig(MegaCommonConfig, MegaEncoderConfig, MegaDecoderConf
     )
 
 
-def _positive(value: Optional[int], option: str) -> int:
-    if value is None or value <= 0:
-        raise OptionError(f"--{option} must be a positive integer, got {value}")
-    return value
-
-
 @register_model("mega", dataclass=MegaTranslationConfig)
 class MegaModel(FairseqEncoderDecoderModel):
     """Mega encoder-decoder: bidirectional EMA + gated attention + normalized FFN blocks in
@@ -73,10 +66,7 @@ class MegaModel(FairseqEncoderDecoderModel):
 
     @classmethod
     def build_model(cls, cfg: MegaTranslationConfig, task):
-        if isinstance(cfg, argparse.Namespace):
-            # fairseq's legacy path (``build_model(args, task)`` with ``--arch`` presets)
-            cfg = MegaTranslationConfig.from_namespace(cfg)
-        warn_if_preset_not_applied(cfg, "mega", MegaTranslationConfig)
+        cfg = model_config(cfg, "mega", MegaTranslationConfig)
         src_dict = getattr(task, "source_dictionary", None)
         tgt_dict = getattr(task, "target_dictionary", None)
         if src_dict is None or tgt_dict is None or isinstance(task, LanguageModelingTask):
@@ -85,17 +75,12 @@ class MegaModel(FairseqEncoderDecoderModel):
                 f"(e.g. --task translation); task {type(task).__name__} has none. For language "
                 "modelling use --arch mega_lm (or one of its presets)"
             )
-        max_source = _positive(cfg.max_source_positions, "max-source-positions")
-        max_target = _positive(cfg.max_target_positions, "max-target-positions")
+        max_source, max_target = cfg.max_source_positions, cfg.max_target_positions
         # block settings first: bad sizes are refused naming their options
-        encoder_settings = layer_settings(cfg, "encoder", max_source, causal=False)
-        decoder_settings = layer_settings(
-            cfg,
-            "decoder",
-            max_target,
-            causal=True,
-            cross_attention=True,
-            cross_max_length=max(max_source, max_target),
+        encoder_settings = stack_settings(cfg, "encoder", max_source)
+        # (a bad --max-target-positions is refused by name before the maximum is used)
+        decoder_settings = stack_settings(
+            cfg, "decoder", max_target, cross_max_positions=max(max_source, max_target or 0)
         )
 
         if cfg.share_all_embeddings:
@@ -118,23 +103,9 @@ class MegaModel(FairseqEncoderDecoderModel):
             decoder_embed = build_embedding(tgt_dict, cfg.decoder_embed_dim)
             share_output = cfg.share_decoder_input_output_embed
 
-        embedding_options = stack_embedding_options(cfg)
-        encoder = MegaEncoder(
-            encoder_settings,
-            cfg.encoder_layers,
-            src_dict,
-            encoder_embed,
-            max_source_positions=max_source,
-            **embedding_options,
-        )
+        encoder = MegaEncoder(encoder_settings, src_dict, encoder_embed)
         decoder = MegaDecoder(
-            decoder_settings,
-            cfg.decoder_layers,
-            tgt_dict,
-            decoder_embed,
-            max_target_positions=max_target,
-            share_input_output_embed=share_output,
-            **embedding_options,
+            decoder_settings, tgt_dict, decoder_embed, share_input_output_embed=share_output
         )
         return cls(encoder, decoder)
 
@@ -175,24 +146,9 @@ class MegaModel(FairseqEncoderDecoderModel):
 
 
 # ----------------------------------------------------------------- architectures
-def _set_sizes(args, embed, hidden, ffn, z, n, layers):
-    for side in ("encoder", "decoder"):
-        set_arch_defaults(
-            args,
-            **{
-                f"{side}_embed_dim": embed,
-                f"{side}_hidden_dim": hidden,
-                f"{side}_ffn_embed_dim": ffn,
-                f"{side}_z_dim": z,
-                f"{side}_n_dim": n,
-                f"{side}_layers": layers,
-            },
-        )
-
-
 def mega_base(args):
     """The ``mega`` architecture (registered by fairseq from the config defaults)."""
-    _set_sizes(args, 512, 1024, 1024, 128, 16, 6)
+    set_stack_sizes(args, ("encoder", "decoder"), 512, 1024, 1024, 128, 16, 6)
     set_arch_defaults(
         args,
         normalize_before=False,
@@ -219,7 +175,7 @@ def mega_wmt_en_de(args):
 
 @register_model_architecture("mega", "mega_wmt_en_de_big")
 def mega_wmt_en_de_big(args):
-    _set_sizes(args, 1024, 2048, 2048, 256, 16, 6)
+    set_stack_sizes(args, ("encoder", "decoder"), 1024, 2048, 2048, 256, 16, 6)
     set_arch_defaults(args, dropout=0.3)
     mega_wmt_en_de(args)
 
@@ -227,5 +183,5 @@ def mega_wmt_en_de_big(args):
 @register_model_architecture("mega", "mega_tiny")
 def mega_tiny(args):
     """2+2 small blocks for CPU tests and examples."""
-    _set_sizes(args, 64, 128, 128, 32, 4, 2)
+    set_stack_sizes(args, ("encoder", "decoder"), 64, 128, 128, 32, 4, 2)
     mega_base(args)

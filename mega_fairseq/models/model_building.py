@@ -1,5 +1,5 @@
 """Pieces every Mega model's ``build_model`` and architecture presets use: token
-embeddings, preset defaults, the warning for presets that YAML configs cannot apply, and
+embeddings, preset defaults and sizes, the warning for presets that YAML configs cannot apply, and
 the dictionary check when a checkpoint is loaded."""
 
 import argparse
@@ -10,6 +10,8 @@ import torch.nn as nn
 
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_NAME_REGISTRY
 from fairseq.utils import safe_getattr
+
+from mega_fairseq.models.option_names import option_attribute
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,27 @@ def set_arch_defaults(args, **defaults) -> None:
     """Architecture presets: set each option the user did not set."""
     for name, value in defaults.items():
         setattr(args, name, safe_getattr(args, name, value))
+
+
+def set_stack_sizes(args, sides, embed: int, hidden: int, ffn: int, z: int, n: int,
+                    layers: int) -> None:
+    """Architecture presets: the sizes of each of ``sides`` ('encoder', 'decoder'), each
+    set only where the user did not set it."""
+    sizes = dict(embed_dim=embed, hdim=hidden, ffn_hidden_dim=ffn, zdim=z, ndim=n,
+                 num_layers=layers)
+    for side in sides:
+        set_arch_defaults(args, **{option_attribute(s, side): v for s, v in sizes.items()})
+
+
+def model_config(cfg, model_name: str, config_class, preset_inputs: Iterable[str] = ()):
+    """The typed config of a model's ``build_model``: fairseq's legacy path passes an
+    argparse namespace (``build_model(args, task)`` with ``--arch`` presets, holding only
+    the options set on the command line or by the preset), which becomes ``config_class``;
+    presets a YAML config could not apply are reported (:func:`warn_if_preset_not_applied`)."""
+    if isinstance(cfg, argparse.Namespace):
+        cfg = config_class.from_namespace(cfg)
+    warn_if_preset_not_applied(cfg, model_name, config_class, preset_inputs)
+    return cfg
 
 
 def warn_if_preset_not_applied(cfg, model_name: str, config_class, preset_inputs: Iterable[str] = ()):
@@ -59,15 +82,6 @@ def warn_if_preset_not_applied(cfg, model_name: str, config_class, preset_inputs
             ", ".join(f"{o}={v}" for o, v in stale.items()),
             model_name,
         )
-
-
-def stack_embedding_options(cfg) -> dict:
-    """Keyword arguments every Mega encoder/decoder stack takes from the shared options."""
-    return dict(
-        scale_embedding=not cfg.no_scale_embedding,
-        normalize_embedding=cfg.normalize_embedding,
-        affine_final_norm=not cfg.no_affine_final_norm,
-    )
 
 
 def refuse_foreign_checkpoint(state_dict, expected: Dict[str, str], model_label: str,

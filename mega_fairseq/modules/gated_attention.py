@@ -31,6 +31,7 @@ from mega_fairseq.modules.attention_kernel import SingleHeadAttention
 from mega_fairseq.modules.dropout import build_dropout
 from mega_fairseq.modules.ema import MultiDimensionalDampedEMA
 from mega_fairseq.modules.incremental import IncrementalState
+from mega_fairseq.modules.layer_settings import MegaLayerSettings
 from mega_fairseq.modules.length_options import optional_length
 from mega_fairseq.modules.relative_position import build_relative_positional_bias
 from mega_fairseq.modules.sequence_norm import SequenceNorm
@@ -164,6 +165,19 @@ class MovingAverageGatedAttention(nn.Module):
         self.beta = nn.Parameter(torch.empty(2, zdim))
         self.rel_pos_bias = build_relative_positional_bias(rel_pos_bias, zdim, max_positions)
         self.reset_parameters()
+
+    @classmethod
+    def from_settings(cls, s: MegaLayerSettings) -> "MovingAverageGatedAttention":
+        """The self-attention sublayer of a block with settings ``s``."""
+        return cls(
+            s.embed_dim, s.zdim, s.hdim, s.ndim, dropout=s.dropout,
+            attention_dropout=s.attention_dropout, hidden_dropout=s.hidden_dropout,
+            activation=s.activation, attention_activation=s.attention_activation,
+            causal=s.causal, bidirectional=s.bidirectional, chunk_size=s.chunk_size,
+            truncation=s.truncation, norm_type=s.norm_type, prenorm=s.prenorm,
+            norm_affine=s.norm_affine, feature_dropout=s.feature_dropout,
+            rel_pos_bias=s.rel_pos_bias, max_positions=s.max_positions,
+        )
 
     def reset_parameters(self, std: float = 0.02) -> None:
         for linear in (self.v_proj, self.mx_proj, self.h_proj):

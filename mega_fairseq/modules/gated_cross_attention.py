@@ -12,6 +12,7 @@ from mega_fairseq.modules.activations import get_activation_fn
 from mega_fairseq.modules.attention_kernel import SingleHeadAttention
 from mega_fairseq.modules.dropout import build_dropout
 from mega_fairseq.modules.incremental import IncrementalState
+from mega_fairseq.modules.layer_settings import MegaLayerSettings
 from mega_fairseq.modules.relative_position import build_relative_positional_bias
 from mega_fairseq.modules.sequence_norm import SequenceNorm
 
@@ -60,6 +61,18 @@ class GatedCrossAttention(nn.Module):
         self.attention = SingleHeadAttention(zdim, attention_activation, attention_dropout,
                                              causal=False, module_name=name)
         self.reset_parameters()
+
+    @classmethod
+    def from_settings(cls, s: MegaLayerSettings) -> "GatedCrossAttention":
+        """The cross-attention sublayer of a block with settings ``s`` (its bias covers
+        ``s.cross_max_positions``)."""
+        return cls(
+            s.embed_dim, s.zdim, dropout=s.dropout, attention_dropout=s.attention_dropout,
+            hidden_dropout=s.hidden_dropout, activation=s.activation,
+            attention_activation=s.attention_activation, norm_type=s.norm_type,
+            prenorm=s.prenorm, norm_affine=s.norm_affine, feature_dropout=s.feature_dropout,
+            rel_pos_bias=s.rel_pos_bias, max_positions=s.cross_max_positions or s.max_positions,
+        )
 
     def reset_parameters(self) -> None:
         """Xavier-uniform projections (as fairseq's attention), zero biases.

@@ -1,17 +1,9 @@
-"""Helpers for fairseq-style incremental state."""
+"""The type of fairseq-style incremental state."""
 
 from typing import Dict, Optional
 
-import torch.nn as nn
 from torch import Tensor
 
+# "<module's incremental-state id>.<state name>" (fairseq's ``with_incremental_state``)
+# -> {tensor name: cached tensor}
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
-
-
-def reorder_all(module: nn.Module, incremental_state: IncrementalState, new_order: Tensor) -> None:
-    """Reorder the cached state of ``module`` and all its children, as fairseq's
-    ``FairseqIncrementalDecoder.reorder_incremental_state_scripting`` does: every module
-    with a ``reorder_incremental_state`` method reorders its own tensors exactly once."""
-    for child in module.modules():
-        if hasattr(child, "reorder_incremental_state"):
-            child.reorder_incremental_state(incremental_state, new_order)

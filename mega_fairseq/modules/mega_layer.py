@@ -6,7 +6,6 @@ models use ``causal=True`` (unidirectional EMA, causal attention, incremental de
 translation decoders add ``cross_attention=True``.
 """
 
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch.nn as nn
@@ -15,38 +14,8 @@ from torch import Tensor
 from mega_fairseq.modules.gated_attention import MovingAverageGatedAttention
 from mega_fairseq.modules.gated_cross_attention import GatedCrossAttention
 from mega_fairseq.modules.incremental import IncrementalState
+from mega_fairseq.modules.layer_settings import MegaLayerSettings
 from mega_fairseq.modules.normalized_ffn import NormalizedFeedForwardNetwork
-
-
-@dataclass
-class MegaLayerSettings:
-    """Everything one Mega block needs; built from model options by
-    :func:`mega_fairseq.models.mega_options.layer_settings`."""
-
-    embed_dim: int
-    zdim: int
-    hdim: int
-    ndim: int
-    ffn_hidden_dim: int
-    causal: bool
-    cross_attention: bool = False
-    bidirectional: Optional[bool] = None
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    hidden_dropout: float = 0.0
-    activation_dropout: float = 0.0
-    feature_dropout: bool = False
-    activation: str = "silu"
-    attention_activation: str = "softmax"
-    norm_type: str = "layernorm"
-    prenorm: bool = True
-    norm_affine: bool = True
-    rel_pos_bias: str = "simple"
-    max_positions: int = 1024
-    # positions the cross-attention bias covers (queries: target, keys: source); None: max_positions
-    cross_max_positions: Optional[int] = None
-    chunk_size: int = -1
-    truncation: Optional[int] = None
 
 
 class MegaLayer(nn.Module):
@@ -54,43 +23,12 @@ class MegaLayer(nn.Module):
 
     def __init__(self, settings: MegaLayerSettings):
         super().__init__()
-        s = settings
         self.settings = settings
-        # options the self-attention, cross-attention and FFN sub-layers have in common
-        sublayer = dict(
-            embed_dim=s.embed_dim,
-            dropout=s.dropout,
-            activation=s.activation,
-            norm_type=s.norm_type,
-            prenorm=s.prenorm,
-            norm_affine=s.norm_affine,
-            feature_dropout=s.feature_dropout,
+        self.self_attn = MovingAverageGatedAttention.from_settings(settings)
+        self.cross_attn = (
+            GatedCrossAttention.from_settings(settings) if settings.cross_attention else None
         )
-        attention = dict(
-            sublayer,
-            zdim=s.zdim,
-            attention_dropout=s.attention_dropout,
-            hidden_dropout=s.hidden_dropout,
-            attention_activation=s.attention_activation,
-            rel_pos_bias=s.rel_pos_bias,
-            max_positions=s.max_positions,
-        )
-        self.self_attn = MovingAverageGatedAttention(
-            **attention,
-            hdim=s.hdim,
-            ndim=s.ndim,
-            causal=s.causal,
-            bidirectional=s.bidirectional,
-            chunk_size=s.chunk_size,
-            truncation=s.truncation,
-        )
-        self.cross_attn = None
-        if s.cross_attention:
-            cross_positions = s.cross_max_positions or s.max_positions
-            self.cross_attn = GatedCrossAttention(**dict(attention, max_positions=cross_positions))
-        self.ffn = NormalizedFeedForwardNetwork(
-            **sublayer, ffn_hidden_dim=s.ffn_hidden_dim, hidden_dropout=s.activation_dropout
-        )
+        self.ffn = NormalizedFeedForwardNetwork.from_settings(settings)
 
     def forward(
         self,

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from mega_fairseq.modules.activations import get_activation_fn
 from mega_fairseq.modules.dropout import build_dropout
+from mega_fairseq.modules.layer_settings import MegaLayerSettings
 from mega_fairseq.modules.sequence_norm import SequenceNorm
 
 
@@ -30,6 +31,15 @@ class NormalizedFeedForwardNetwork(nn.Module):
         self.hidden_dropout = build_dropout(hidden_dropout, feature_dropout, self.__class__.__name__)
         self.dropout = build_dropout(dropout, feature_dropout, self.__class__.__name__)
         self.reset_parameters()
+
+    @classmethod
+    def from_settings(cls, s: MegaLayerSettings) -> "NormalizedFeedForwardNetwork":
+        """The FFN sublayer of a block with settings ``s``."""
+        return cls(
+            s.embed_dim, s.ffn_hidden_dim, dropout=s.dropout, hidden_dropout=s.activation_dropout,
+            activation=s.activation, norm_type=s.norm_type, prenorm=s.prenorm,
+            norm_affine=s.norm_affine, feature_dropout=s.feature_dropout,
+        )
 
     def reset_parameters(self, std: float = 0.02) -> None:
         for linear in (self.fc1, self.fc2):

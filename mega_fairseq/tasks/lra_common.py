@@ -1,9 +1,10 @@
 """Pieces shared by the ``lra-text`` and ``lra-image`` tasks: the classification head name,
-the length policy, label checks, batching/shuffling and the model-side checks done in
-``build_model``."""
+label checks, batching/shuffling and the pooling warning of ``build_model`` (the length
+policy is :mod:`~mega_fairseq.tasks.shortening`, the model's limit
+:mod:`~mega_fairseq.tasks.model_limits`)."""
 
 import logging
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 from omegaconf.errors import OmegaConfBaseException
@@ -17,7 +18,6 @@ from fairseq.data import (
     RawLabelDataset,
     RightPadDataset,
     SortDataset,
-    TruncateDataset,
     data_utils,
 )
 
@@ -63,26 +63,6 @@ class SumDataset(FairseqDataset):
         return sum(samples)
 
 
-def fit_length(dataset, sizes: np.ndarray, max_positions: Optional[int], shorten_method: str,
-               what: str):
-    """Return ``dataset`` unchanged when every example fits ``max_positions``; truncate
-    with ``--shorten-method truncate``; otherwise raise a ValueError naming the option."""
-    if max_positions is None or len(sizes) == 0:
-        return dataset
-    too_long = int((sizes > max_positions).sum())
-    if too_long == 0:
-        return dataset
-    if shorten_method == "truncate":
-        logger.info("%s: truncating %d of %d examples to %d tokens", what, too_long, len(sizes), max_positions)
-        return TruncateDataset(dataset, max_positions)
-    raise OptionError(
-        f"{what}: {too_long} of {len(sizes)} examples are longer than the model's "
-        f"{max_positions} positions (longest: {int(sizes.max())} tokens, </s> included); pass "
-        "--shorten-method truncate to cut them to --max-positions, or raise --max-positions "
-        "(within what the architecture supports)"
-    )
-
-
 def check_targets(targets: np.ndarray, num_classes: int, what: str, unknown_lines=()) -> None:
     """Every target must be a class id 0 .. num_classes-1; ``unknown_lines`` (0-based)
     are lines whose label was not in the label dictionary."""
@@ -126,14 +106,6 @@ def classification_dataset(inputs: Dict[str, FairseqDataset], sizes, targets: np
     with data_utils.numpy_seed(seed):
         order = np.random.permutation(len(nested))
     return SortDataset(nested, sort_order=[order])
-
-
-def model_max_positions(model) -> Optional[int]:
-    """The longest input the model accepts (None: unlimited)."""
-    value = model.max_positions() if hasattr(model, "max_positions") else None
-    if isinstance(value, (tuple, list)):
-        value = min(v for v in value if v is not None) if any(v is not None for v in value) else None
-    return value
 
 
 def warn_if_cls_pooling(model) -> None:

@@ -38,12 +38,12 @@ from fairseq.tasks import FairseqTask, register_task
 
 from mega_fairseq.errors import DataError, MissingDataError, OptionError
 from mega_fairseq.tasks import binarized_data as bd
+from mega_fairseq.tasks.model_limits import check_model_accepts
 from mega_fairseq.tasks.lra_common import (
     check_num_classes,
     check_targets,
     classification_dataset,
     classification_head_name,
-    model_max_positions,
     warn_if_cls_pooling,
 )
 
@@ -188,26 +188,6 @@ class PixelValueEmbedding(nn.Module):
         return self.value_proj(values)
 
 
-def replace_token_embedding(model: nn.Module, dictionary: Dictionary, make_module) -> str:
-    """Swap the model's token embedding (the one ``nn.Embedding`` named ``embed_tokens``
-    with ``len(dictionary)`` rows) for ``make_module(embedding)``; returns its name."""
-    found = [
-        (name, module) for name, module in model.named_modules()
-        if name.split(".")[-1] == "embed_tokens" and isinstance(module, nn.Embedding)
-        and module.num_embeddings == len(dictionary)
-    ]
-    if len(found) != 1:
-        raise OptionError(
-            "--pixel-input values needs a model with exactly one token embedding module named "
-            f"'embed_tokens' (nn.Embedding with {len(dictionary)} rows); found "
-            f"{[name for name, _ in found] or 'none'}. Use --pixel-input tokens"
-        )
-    name, embedding = found[0]
-    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-    setattr(parent, name.split(".")[-1], make_module(embedding))
-    return name
-
-
 @register_task("lra-image", dataclass=LRAImageConfig)
 class LRAImageTask(bd.DictionaryAccessors, FairseqTask):
     """Pixel-sequence image classification for the Long Range Arena (see the module docstring)."""
@@ -247,23 +227,26 @@ class LRAImageTask(bd.DictionaryAccessors, FairseqTask):
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         warn_if_cls_pooling(model)
-        limit = model_max_positions(model)
-        if limit is not None and limit < self.num_pixels:
-            raise OptionError(
-                f"--image-size {self.cfg.image_size} gives {self.num_pixels} pixels per image but "
-                f"the model accepts at most {limit} positions; use an architecture/max positions "
-                "of at least that many"
-            )
+        check_model_accepts(model, self.num_pixels,
+                            f"the {self.num_pixels} pixels per image of --image-size {self.cfg.image_size}")
         model.register_classification_head(classification_head_name(self.cfg), num_classes=self.cfg.num_classes)
         if self.cfg.pixel_input == "values":
-            replace_token_embedding(
-                model, self.dictionary,
-                lambda embedding: PixelValueEmbedding(
-                    embedding.num_embeddings, embedding.embedding_dim, self.dictionary.nspecial,
-                    self.cfg.pixel_mean, self.cfg.pixel_std, padding_idx=embedding.padding_idx,
-                ),
-            )
+            self._replace_with_pixel_values(model)
         return model
+
+    def _replace_with_pixel_values(self, model) -> None:
+        """Put a :class:`PixelValueEmbedding` in place of the model's token table."""
+        if not callable(getattr(model, "replace_token_embedding", None)):
+            raise OptionError(
+                f"--pixel-input values needs a model that can replace its token embedding "
+                f"(a mega_encoder architecture); {type(model).__name__} cannot. Use "
+                "--pixel-input tokens"
+            )
+        table = model.encoder.embed_tokens
+        model.replace_token_embedding(PixelValueEmbedding(
+            table.num_embeddings, table.embedding_dim, self.dictionary.nspecial,
+            self.cfg.pixel_mean, self.cfg.pixel_std, padding_idx=table.padding_idx,
+        ))
 
     def max_positions(self):
         return self.num_pixels

@@ -29,25 +29,24 @@ import numpy as np
 from omegaconf import II, MISSING
 
 from fairseq.data import Dictionary
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
 from mega_fairseq.errors import DataError, MissingDataError, OptionError
 from mega_fairseq.tasks import binarized_data as bd
+from mega_fairseq.tasks.model_limits import check_model_accepts, model_length_limit
+from mega_fairseq.tasks.shortening import fit_length, shorten_method_choices
 from mega_fairseq.tasks.lra_common import (
     check_num_classes,
     check_targets,
     classification_dataset,
     classification_head_name,
-    fit_length,
-    model_max_positions,
     warn_if_cls_pooling,
 )
 
 logger = logging.getLogger(__name__)
 
-SHORTEN_METHODS = ChoiceEnum(["none", "truncate"])
-
+TEXT_SHORTEN_METHODS = shorten_method_choices(("none", "truncate"))
 
 @dataclass
 class LRATextConfig(FairseqDataclass):
@@ -61,7 +60,7 @@ class LRATextConfig(FairseqDataclass):
         default=None,
         metadata={"help": "longest input in tokens, </s> included (default: the architecture's maximum)"},
     )
-    shorten_method: SHORTEN_METHODS = field(
+    shorten_method: TEXT_SHORTEN_METHODS = field(
         default="none",
         metadata={"help": "'truncate': cut inputs longer than --max-positions; "
                   "'none': such inputs are an error"},
@@ -152,11 +151,9 @@ class LRATextTask(bd.DictionaryAccessors, FairseqTask):
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         warn_if_cls_pooling(model)
-        self._model_max_positions = model_max_positions(model)
-        limit = self._model_max_positions
-        if self.cfg.max_positions is not None and limit is not None and self.cfg.max_positions > limit:
-            raise OptionError(f"--max-positions {self.cfg.max_positions} exceeds the {limit} positions "
-                             f"of the model (--arch {getattr(cfg, 'arch', getattr(cfg, '_name', '?'))})")
+        self._model_max_positions = model_length_limit(model)
+        if self.cfg.max_positions is not None:
+            check_model_accepts(model, self.cfg.max_positions, f"--max-positions={self.cfg.max_positions}")
         model.register_classification_head(
             classification_head_name(self.cfg),
             num_classes=self.cfg.num_classes,

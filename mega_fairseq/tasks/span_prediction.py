@@ -39,6 +39,7 @@ from fairseq.tasks import FairseqTask, register_task
 from mega_fairseq.errors import DataError, MissingDataError, OptionError
 from mega_fairseq.tasks import binarized_data as bd
 from mega_fairseq.tasks import token_data as td
+from mega_fairseq.tasks.shortening import describe_shortening, shorten_applies
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class SpanPredictionTask(bd.DictionaryAccessors, FairseqTask):
 
         budgets = limit - question_sizes - 2  # context tokens that fit beside <s> question </s> ... </s>
         keep, method = np.arange(len(spans)), self.cfg.shorten_method
-        if td.shorten_applies(split, method, self.cfg.shorten_data_split_list):
+        if shorten_applies(split, method, self.cfg.shorten_data_split_list):
             if method == "truncate":
                 fits = spans[:, 1] < budgets
             else:
@@ -209,7 +210,7 @@ class SpanPredictionTask(bd.DictionaryAccessors, FairseqTask):
                 raise DataError(
                     f"{contexts_name}.bin, line {line + 1}: <s> question </s> context </s> needs "
                     f"{question_sizes[line] + context_sizes[line] + 1} positions, "
-                    f"{td.describe_shortening(limit)} ({too_long.size} such line(s))"
+                    f"{describe_shortening(limit)} ({too_long.size} such line(s))"
                 )
         dataset = SpanDataset(
             questions, contexts, spans, self.dictionary, keep, budgets=budgets,

@@ -34,6 +34,7 @@ from fairseq.tasks import FairseqTask, register_task
 from mega_fairseq.errors import DataError, OptionError
 from mega_fairseq.tasks import binarized_data as bd
 from mega_fairseq.tasks import token_data as td
+from mega_fairseq.tasks.shortening import describe_shortening, shorten_applies
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class TokenClassificationTask(bd.DictionaryAccessors, FairseqTask):
 
         max_tokens = None
         limit = self.cfg.max_positions - 2
-        if td.shorten_applies(split, self.cfg.shorten_method, self.cfg.shorten_data_split_list):
+        if shorten_applies(split, self.cfg.shorten_method, self.cfg.shorten_data_split_list):
             max_tokens = limit
         else:
             lengths = td.item_sizes(tokens) - 1
@@ -189,7 +190,7 @@ class TokenClassificationTask(bd.DictionaryAccessors, FairseqTask):
                 line = int(too_long[0])
                 raise DataError(
                     f"{tokens_name}.bin, line {line + 1}: {lengths[line]} tokens + <s> and </s> = "
-                    f"{lengths[line] + 2} positions, {td.describe_shortening(self.cfg.max_positions)}"
+                    f"{lengths[line] + 2} positions, {describe_shortening(self.cfg.max_positions)}"
                     f" ({too_long.size} such line(s))"
                 )
         dataset = TokenLabelDataset(

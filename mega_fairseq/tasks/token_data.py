@@ -16,17 +16,17 @@ import torch
 from omegaconf import II, MISSING, OmegaConf, open_dict
 
 from fairseq.data import FairseqDataset, data_utils
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass import FairseqDataclass
 
 from mega_fairseq.errors import DataError, OptionError
+from mega_fairseq.tasks.model_limits import check_model_accepts
+from mega_fairseq.tasks.shortening import shorten_method_choices
 
 logger = logging.getLogger(__name__)
 
 #: target value of positions that carry no label (``<s>``, ``</s>``, padding); it is the
 #: default ``ignore_index`` of torch's cross-entropy.
 IGNORE_INDEX = -100
-SHORTEN_METHODS = ("none", "truncate", "random_crop")
-SHORTEN_METHOD_CHOICES = ChoiceEnum(list(SHORTEN_METHODS))
 
 
 @dataclass
@@ -40,7 +40,7 @@ class TokenTaskConfig(FairseqDataclass):
     max_positions: int = field(
         default=512, metadata={"help": "max model positions per example (<s>, </s> included)"}
     )
-    shorten_method: SHORTEN_METHOD_CHOICES = field(
+    shorten_method: shorten_method_choices() = field(
         default="none",
         metadata={"help": "shorten examples longer than --max-positions (labels and spans kept "
                   "aligned); none: such examples are an error"},
@@ -95,13 +95,6 @@ def position_in_lines(flat_index: int, sizes: np.ndarray):
     line = int(np.searchsorted(ends, flat_index, side="right"))
     start = int(ends[line - 1]) if line > 0 else 0
     return line + 1, flat_index - start + 1
-
-
-def shorten_applies(split: str, method: str, split_list: str) -> bool:
-    """Like fairseq's ``maybe_shorten_dataset``: an empty list means every split."""
-    if method == "none":
-        return False
-    return len(split_list) == 0 or split in split_list.split(",")
 
 
 def crop_start(seed: int, epoch: int, index: int, low: int, high: int) -> int:
@@ -176,15 +169,6 @@ def log_loaded(split: str, dataset, what: str) -> None:
     logger.info(f"loaded {split} for {what}: {len(dataset)} examples")
 
 
-def describe_shortening(max_positions: int) -> str:
-    """The hint appended to 'too long' errors."""
-    return (
-        f"more than --max-positions={max_positions}; raise --max-positions (the model must "
-        "support it) or shorten the data with --shorten-method truncate|random_crop "
-        "(and --shorten-data-split-list to choose the splits)"
-    )
-
-
 def build_model_with_token_head(task, cfg, from_checkpoint: bool, head_name: str, num_labels: int):
     """Build the model with the task's ``--max-positions`` and register its token head."""
     from fairseq import models
@@ -198,9 +182,5 @@ def build_model_with_token_head(task, cfg, from_checkpoint: bool, head_name: str
             "(e.g. --arch mega_encoder_tiny)"
         )
     model.register_token_head(head_name, num_labels)
-    if model.max_positions() is not None and model.max_positions() < task.cfg.max_positions:
-        raise OptionError(
-            f"the model accepts {model.max_positions()} positions, fewer than "
-            f"--max-positions={task.cfg.max_positions}"
-        )
+    check_model_accepts(model, task.cfg.max_positions, f"--max-positions={task.cfg.max_positions}")
     return model

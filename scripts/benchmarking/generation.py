@@ -13,10 +13,8 @@ c. Greedy decoding with ``mega_lm_tiny``'s incremental state against re-running 
 d. Step time against position when a chunked ``mega_lm_tiny`` generates a long sequence
    incrementally (flat for chunked attention), and for the unchunked model as a contrast.
 
-Baselines are sized by the parameters a training step really uses (they get a gradient):
-fairseq 0.12.2's transformer encoder layers register a second copy of their weights for an
-inference fast path, which is not counted. The transformer's FFN width is searched so that
-its used count comes closest to Mega's (same width, layers and embedding sharing).
+The models and the matching of the transformers' used parameters to Mega's are those of
+:mod:`benchmarking.candidates`.
 """
 
 import functools
@@ -30,11 +28,23 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
-from benchmarking.measure import compare, ratio
+from benchmarking.candidates import (
+    MEGA_LM,
+    MEGA_MT,
+    TRANSFORMER_LM,
+    TRANSFORMER_LM_FFN,
+    TRANSFORMER_MT,
+    TRANSFORMER_MT_FFN,
+    VOCABULARY,
+    lm_task,
+    mt_task,
+    vocabulary_words,
+    with_matched_ffn_width,
+)
+from benchmarking.measure import alternate, compare, ratio
 from benchmarking.results import SectionOptions, SectionResult, at_least, at_most, informative
 
 SECTION = "generation"
-VOCABULARY = 1000
 SEED = 0
 LM_BATCH = 8
 PROMPT_LENGTH = 16
@@ -48,22 +58,7 @@ POSITION_CHUNK = 64  # chunk of the models in parts a and d
 # slower under load), so both sides run on one thread.
 THREADS = 1
 
-MEGA_LM = ("--arch", "mega_lm_tiny")
 MEGA_LM_CHUNKED = MEGA_LM + ("--decoder-chunk-size", str(POSITION_CHUNK))
-TRANSFORMER_LM = ("--arch", "transformer_lm", "--decoder-layers", "2", "--decoder-embed-dim", "64",
-                  "--decoder-input-dim", "64", "--decoder-output-dim", "64",
-                  "--decoder-attention-heads", "4", "--share-decoder-input-output-embed")
-TRANSFORMER_LM_FFN = ("--decoder-ffn-embed-dim",)
-# mega_tiny's depth (2+2 blocks) and shapes, widened to 128 (examples/translation/run_gettext_en_de.sh)
-MEGA_MT = ("--arch", "mega_tiny", "--share-all-embeddings",
-           "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
-           "--encoder-hidden-dim", "256", "--decoder-hidden-dim", "256",
-           "--encoder-ffn-embed-dim", "256", "--decoder-ffn-embed-dim", "256",
-           "--encoder-z-dim", "64", "--decoder-z-dim", "64")
-TRANSFORMER_MT = ("--arch", "transformer", "--share-all-embeddings", "--encoder-layers", "2",
-                  "--decoder-layers", "2", "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
-                  "--encoder-attention-heads", "4", "--decoder-attention-heads", "4")
-TRANSFORMER_MT_FFN = ("--encoder-ffn-embed-dim", "--decoder-ffn-embed-dim")
 
 
 @dataclass(frozen=True)
@@ -88,7 +83,7 @@ def sizes_for(quick: bool) -> Sizes:
 def write_dictionaries(work_dir: Path) -> Tuple[Path, Path]:
     """fairseq dictionaries of VOCABULARY words: ``lm/dict.txt`` and the joined
     ``mt/dict.{en,de}.txt`` (all that the tasks' setup reads). Returns (lm_dir, mt_dir)."""
-    lines = "".join(f"w{i} {VOCABULARY - i}\n" for i in range(VOCABULARY))
+    lines = "".join(f"{word} {VOCABULARY - i}\n" for i, word in enumerate(vocabulary_words()))
     lm_dir, mt_dir = work_dir / "generation" / "lm", work_dir / "generation" / "mt"
     for directory, names in ((lm_dir, ["dict.txt"]), (mt_dir, ["dict.en.txt", "dict.de.txt"])):
         directory.mkdir(parents=True, exist_ok=True)
@@ -98,11 +93,8 @@ def write_dictionaries(work_dir: Path) -> Tuple[Path, Path]:
 
 
 def lm_common(lm_dir: Path) -> Tuple[str, ...]:
-    return (str(lm_dir), "--task", "language_modeling", "--tokens-per-sample", str(LM_MAX_POSITIONS))
-
-
-def mt_common(mt_dir: Path) -> Tuple[str, ...]:
-    return (str(mt_dir), "--task", "translation", "--source-lang", "en", "--target-lang", "de")
+    """Task options of the LMs: positions for the prompt and the longest generation."""
+    return lm_task(lm_dir, LM_MAX_POSITIONS)
 
 
 def build(common: Sequence[str], model_args: Sequence[str]):
@@ -113,36 +105,6 @@ def build(common: Sequence[str], model_args: Sequence[str]):
     model, task = build_model(list(common), list(model_args))
     used = count(model, task)[1]
     return model.eval(), task, used
-
-
-@functools.lru_cache(maxsize=None)
-def used_parameters(common: Tuple[str, ...], model_args: Tuple[str, ...]) -> int:
-    """Used parameters of the model the options describe. Built through fairseq's legacy
-    argparse path (``task.build_model(args)``), which gives the same model as
-    count_parameters.build_model's omegaconf path without its ~1.5 s config composition."""
-    from count_parameters import count, parse
-    from fairseq import tasks
-
-    args = parse(list(common), list(model_args))
-    task = tasks.setup_task(args)
-    return count(task.build_model(args), task)[1]
-
-
-def match_ffn_width(common: Tuple[str, ...], target_used: int, model_args: Tuple[str, ...],
-                    ffn_options: Tuple[str, ...]) -> Tuple[int, int]:
-    """(FFN width, used parameters) of the ``model_args`` model whose used-parameter count
-    is closest to ``target_used``; ``ffn_options`` (e.g. ``--decoder-ffn-embed-dim``) all
-    get the width (count_parameters.closest_ffn_width, with the faster cached counts)."""
-    from count_parameters import closest_ffn_width
-
-    def used_with(width: int) -> int:
-        return used_parameters(common, with_ffn_width(model_args, ffn_options, width))
-
-    return closest_ffn_width(used_with, target_used)
-
-
-def with_ffn_width(model_args: Tuple[str, ...], ffn_options: Tuple[str, ...], width: int) -> Tuple[str, ...]:
-    return model_args + tuple(a for option in ffn_options for a in (option, str(width)))
 
 
 @dataclass
@@ -163,8 +125,8 @@ def build_candidate(label: str, common: Tuple[str, ...], model_args: Tuple[str, 
 
 def matched_transformer(label: str, common: Tuple[str, ...], reference_used: int,
                         model_args: Tuple[str, ...], ffn_options: Tuple[str, ...]) -> Candidate:
-    width, _ = match_ffn_width(common, reference_used, model_args, ffn_options)
-    return build_candidate(label, common, with_ffn_width(model_args, ffn_options, width))
+    matched_args, _ = with_matched_ffn_width(common, reference_used, model_args, ffn_options)
+    return build_candidate(label, common, matched_args)
 
 
 # ------------------------------------------------------------------- inputs
@@ -336,7 +298,7 @@ def lm_sampling(result: SectionResult, options: SectionOptions, lm_dir: Path, si
 def mt_beam(result: SectionResult, options: SectionOptions, mt_dir: Path, sizes: Sizes,
             warmup: int) -> None:
     """Part b: mega (mega_tiny, 128 wide) vs the matched transformer, beam 5."""
-    common = mt_common(mt_dir)
+    common = mt_task(mt_dir)
     mega = build_candidate("mega (mega_tiny 128 wide)", common, MEGA_MT)
     transformer = matched_transformer("transformer", common, mega.used, TRANSFORMER_MT,
                                       TRANSFORMER_MT_FFN)
@@ -391,14 +353,9 @@ def step_time_vs_position(result: SectionResult, options: SectionOptions, lm_dir
     models = [build_candidate(f"mega_lm_tiny chunk {POSITION_CHUNK}", common, MEGA_LM_CHUNKED),
               build_candidate("mega_lm_tiny (no chunking)", common, MEGA_LM)]
     prompts = random_words(models[0].dictionary, LM_BATCH, PROMPT_LENGTH, SEED)
-    profiles: Dict[str, List[List[float]]] = {m.label: [] for m in models}
-    for _ in range(warmup):
-        for model in models:
-            step_time_profile(model.model.decoder, prompts, sizes.long_tokens)
-    for repetition in range(options.repeats):  # alternating, rotated order
-        shift = repetition % len(models)
-        for model in models[shift:] + models[:shift]:
-            profiles[model.label].append(step_time_profile(model.model.decoder, prompts, sizes.long_tokens))
+    profiles: Dict[str, List[List[float]]] = alternate(
+        {m.label: functools.partial(step_time_profile, m.model.decoder, prompts, sizes.long_tokens)
+         for m in models}, options.repeats, warmup=warmup)
     for model in models:
         first, last = edge_medians(profiles[model.label], sizes.edge)
         result.rows.append(dict(

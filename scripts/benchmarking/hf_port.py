@@ -2,11 +2,12 @@
 the last release with Mega) on identical weights.
 
 The port's block is built through a full ``MegaModel`` (a bare block leaves parameters
-uninitialised) and its weights are copied into ours with
-:mod:`mega_fairseq.conversion.hf_mega`. Outputs are compared in eval mode first (the run
-stops if they differ by more than 1e-5); then forward+backward is timed in training
-mode with dropout 0.1 on both sides. Configurations are ones the port computes
-correctly: softmax attention, simple relative bias, layer norm, full-sequence forward.
+uninitialised) and its weights are copied into ours by :mod:`benchmarking.hf_harness`
+(through the mapping of :mod:`mega_fairseq.conversion.hf_mega`). Outputs are compared
+in eval mode first (the run stops if they differ by more than 1e-5); then
+forward+backward is timed in training mode with dropout 0.1 on both sides.
+Configurations are ones the port computes correctly: softmax attention, simple relative
+bias, layer norm, full-sequence forward.
 """
 
 from typing import Dict, List, Tuple
@@ -45,7 +46,7 @@ def _configurations(quick: bool) -> List[Tuple[str, bool, int]]:
 
 
 def _pair(quick: bool, causal: bool, chunk_size: int, length: int, dropout: float):
-    from mega_fairseq.conversion.hf_mega import build_hf_block, mega_layer_from_hf_block
+    from benchmarking.hf_harness import build_hf_block, mega_layer_from_hf_block
 
     settings = _settings(quick, causal, chunk_size, length, dropout)
     hf_block = build_hf_block(settings, seed=0)
@@ -54,7 +55,7 @@ def _pair(quick: bool, causal: bool, chunk_size: int, length: int, dropout: floa
 
 def _largest_difference(quick: bool, causal: bool, chunk_size: int, x: torch.Tensor) -> float:
     """Max |ours - port| / max |port| over the eval-mode outputs (dropout 0)."""
-    from mega_fairseq.conversion.hf_mega import run_hf_block
+    from benchmarking.hf_harness import run_hf_block
 
     hf_block, ours = _pair(quick, causal, chunk_size, x.size(0), 0.0)
     hf_block.eval()
@@ -69,7 +70,7 @@ def _largest_difference(quick: bool, causal: bool, chunk_size: int, x: torch.Ten
 
 
 def _steps(quick: bool, causal: bool, chunk_size: int, x: torch.Tensor) -> Dict[str, object]:
-    from mega_fairseq.conversion.hf_mega import run_hf_block
+    from benchmarking.hf_harness import run_hf_block
 
     hf_block, ours = _pair(quick, causal, chunk_size, x.size(0), 0.1)
     hf_block.train()

@@ -1,8 +1,7 @@
 """Timing and peak-memory measurement for side-by-side comparisons on a shared machine.
 
-Every comparison runs its candidates in the same process, alternating them (the order
-rotates each repetition), and reports medians, so that background load hits all sides
-alike.
+Every comparison runs its candidates alternately (:func:`alternate`: the order rotates
+each repetition) and reports medians, so that background load hits all sides alike.
 
 Peak memory is counted from torch's own allocation records, not from the process's
 resident set (which depends on how glibc happens to cache freed blocks): one call runs
@@ -18,11 +17,14 @@ caching allocator's own peak (``torch.cuda.max_memory_allocated`` after
 one is exact at allocation granularity.
 """
 
+import functools
 import gc
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, TypeVar
+
+Result = TypeVar("Result")
 
 
 def is_cuda(device) -> bool:
@@ -95,24 +97,35 @@ class Measurement:
         return statistics.median(self.times)
 
 
-def compare(candidates: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
-            memory: bool = True, device=None) -> Dict[str, Measurement]:
-    """Time every candidate ``repeats`` times, alternating them (rotated order per
-    repetition), after ``warmup`` untimed calls each; then measure each one's peak memory
-    once. ``device``: where the candidates run (None or CPU: as always; CUDA: synchronised
-    timing, the CUDA allocator's peak). Returns {name: Measurement}."""
+def alternate(candidates: Dict[str, Callable[[], Result]], repeats: int,
+              warmup: int = 0) -> Dict[str, List[Result]]:
+    """Call every candidate ``warmup`` times (in the dict's order, results dropped), then
+    ``repeats`` times alternating them: repetition r calls them in the dict's order rotated
+    left by r, so that they take turns going first. Returns {name: the results of its
+    ``repeats`` calls, in repetition order}."""
     names = list(candidates)
-    results = {name: Measurement() for name in names}
     for _ in range(warmup):
         for name in names:
             candidates[name]()
-    synchronize(device)
+    results: Dict[str, List[Result]] = {name: [] for name in names}
     for repetition in range(repeats):
         shift = repetition % len(names)
         for name in names[shift:] + names[:shift]:
-            results[name].times.append(seconds(candidates[name], device))
+            results[name].append(candidates[name]())
+    return results
+
+
+def compare(candidates: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+            memory: bool = True, device=None) -> Dict[str, Measurement]:
+    """Time every candidate ``repeats`` times with :func:`alternate`, after ``warmup``
+    calls each whose times are dropped; then measure each one's peak memory once. ``device``: where the
+    candidates run (None or CPU: as always; CUDA: synchronised timing, the CUDA
+    allocator's peak). Returns {name: Measurement}."""
+    times = alternate({name: functools.partial(seconds, fn, device) for name, fn in candidates.items()},
+                      repeats, warmup=warmup)
+    results = {name: Measurement(times[name]) for name in candidates}
     if memory:
-        for name in names:
+        for name in candidates:
             results[name].peak_mib = peak_memory_mib(candidates[name], device)
     return results
 

@@ -12,9 +12,10 @@ Each model trains a few dozen updates per run; runs alternate between the two mo
 (the order rotating each repetition). A run's throughput is the median ``wps`` of its
 ``train_inner`` log intervals after the first (warm-up); a model's is the median over runs.
 The transformer's FFN width is searched so that the parameters a training step uses
-(those receiving a gradient) match Mega's, for each data set and sequence length.
+match Mega's (:mod:`benchmarking.candidates`), for each data set and sequence length.
 """
 
+import itertools
 import json
 import logging
 import os
@@ -25,27 +26,29 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
-from benchmarking.generation import (
+from benchmarking.candidates import (
     MEGA_LM,
     MEGA_MT,
     TRANSFORMER_LM,
     TRANSFORMER_LM_FFN,
     TRANSFORMER_MT,
     TRANSFORMER_MT_FFN,
-    match_ffn_width,
+    VOCABULARY,
+    lm_task,
+    mt_task,
     used_parameters,
-    with_ffn_width,
+    vocabulary_words,
+    with_matched_ffn_width,
 )
-from benchmarking.measure import ratio
+from benchmarking.measure import alternate, ratio
 from benchmarking.results import SectionOptions, SectionResult, at_least, informative
 
 SECTION = "training"
 REPO = Path(__file__).resolve().parents[2]
-VOCABULARY = 1000
 SEED = 1
 # One thread per run: with 2 threads on this shared 2-core machine, throughput fell ten-fold
 # in the intervals where another process ran (threads wait for each other at every op).
@@ -147,7 +150,7 @@ def run_logged(command: List[str], log_path: Path, what: str, cwd: Path) -> str:
 def prepare_lm_data(root: Path, plan: Plan) -> Path:
     """Random-word LM corpus binarized with fairseq-preprocess; returns the data dir."""
     rng = random.Random(SEED)
-    words = [f"w{i}" for i in range(VOCABULARY)]
+    words = vocabulary_words()
     text = root / "lm_text"
     text.mkdir(parents=True, exist_ok=True)
     write_lines(text / "train.txt", random_lines(rng, words, plan.lm_train_tokens))
@@ -164,7 +167,7 @@ def prepare_mt_data(root: Path, plan: Plan) -> Path:
     """Random-word parallel corpus (unrelated source and target sentences of 10-50 words),
     binarized with a joined dictionary; returns the data dir."""
     rng = random.Random(SEED + 1)
-    words = [f"w{i}" for i in range(VOCABULARY)]
+    words = vocabulary_words()
     text = root / "mt_text"
     text.mkdir(parents=True, exist_ok=True)
     for split, pairs in (("train", plan.mt_train_pairs), ("valid", 50)):
@@ -185,28 +188,25 @@ def prepare_mt_data(root: Path, plan: Plan) -> Path:
 def comparisons_for(plan: Plan, lm_data: Path, mt_data: Path) -> List[Comparison]:
     short, long = plan.lm_lengths
 
-    def lm_task(length: int) -> Tuple[str, ...]:
-        return (str(lm_data), "--task", "language_modeling", "--tokens-per-sample", str(length),
-                "--sample-break-mode", "none")
+    def lm_stream(length: int) -> Tuple[str, ...]:
+        return lm_task(lm_data, length) + ("--sample-break-mode", "none")
 
     return [
-        Comparison(f"LM @ {short}", lm_task(short), MEGA_LM, TRANSFORMER_LM, TRANSFORMER_LM_FFN,
+        Comparison(f"LM @ {short}", lm_stream(short), MEGA_LM, TRANSFORMER_LM, TRANSFORMER_LM_FFN,
                    tokens_per_sample=short),
-        Comparison(f"LM @ {long}", lm_task(long),
+        Comparison(f"LM @ {long}", lm_stream(long),
                    MEGA_LM + ("--decoder-chunk-size", str(plan.long_chunk)), TRANSFORMER_LM,
                    TRANSFORMER_LM_FFN, tokens_per_sample=long),
-        Comparison("translation", (str(mt_data), "--task", "translation", "--source-lang", "en",
-                                   "--target-lang", "de"),
-                   MEGA_MT, TRANSFORMER_MT, TRANSFORMER_MT_FFN, extra_args=MT_CRITERION),
+        Comparison("translation", mt_task(mt_data), MEGA_MT, TRANSFORMER_MT, TRANSFORMER_MT_FFN,
+                   extra_args=MT_CRITERION),
     ]
 
 
 def match_baseline(comparison: Comparison) -> None:
     """Sets the baseline's FFN width so its used parameters come closest to Mega's."""
     mega_used = used_parameters(comparison.task_args, comparison.mega_args)
-    width, baseline_used = match_ffn_width(comparison.task_args, mega_used, comparison.baseline_args,
-                                           comparison.baseline_ffn)
-    comparison.baseline_args = with_ffn_width(comparison.baseline_args, comparison.baseline_ffn, width)
+    comparison.baseline_args, baseline_used = with_matched_ffn_width(
+        comparison.task_args, mega_used, comparison.baseline_args, comparison.baseline_ffn)
     comparison.used = {"mega": mega_used, "transformer": baseline_used}
 
 
@@ -248,18 +248,24 @@ def train_once(comparison: Comparison, model: str, repetition: int, plan: Plan, 
 
 
 def measure(comparison: Comparison, plan: Plan, repeats: int, root: Path, progress: tqdm) -> List[dict]:
-    """Alternating runs of both models; one row per model."""
+    """Alternating runs of both models (:func:`benchmarking.measure.alternate`); one row per
+    model."""
     names = list(comparison.models())
-    runs: Dict[str, List[float]] = {name: [] for name in names}
-    batches: Dict[str, List[float]] = {name: [] for name in names}
-    for repetition in range(repeats):
-        shift = repetition % len(names)
-        for name in names[shift:] + names[:shift]:
+
+    def runs_of(name: str) -> Callable[[], Tuple[float, float]]:
+        repetitions = itertools.count()  # the k-th run of a model is in repetition k
+
+        def run_once() -> Tuple[float, float]:
             progress.set_postfix_str(f"{comparison.label}: {name}")
-            wps, words_per_batch = train_once(comparison, name, repetition, plan, root)
-            runs[name].append(wps)
-            batches[name].append(words_per_batch)
+            outcome = train_once(comparison, name, next(repetitions), plan, root)
             progress.update(1)
+            return outcome
+
+        return run_once
+
+    outcomes = alternate({name: runs_of(name) for name in names}, repeats)
+    runs: Dict[str, List[float]] = {name: [wps for wps, _ in outcomes[name]] for name in names}
+    batches: Dict[str, List[float]] = {name: [words for _, words in outcomes[name]] for name in names}
     baseline = statistics.median(runs["transformer"])
     rows = []
     for name in names:
