@@ -52,7 +52,7 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
 
-def _structure_problem(path: str, load_error: BaseException) -> str:
+def load_failure_problem(path: str, load_error: BaseException) -> str:
     """What is wrong with a file ``torch.load`` failed on (``load_error``)."""
     size = os.path.getsize(path)
     if size == 0:
@@ -140,7 +140,7 @@ def diagnose(path: str) -> Optional[str]:
     """What is wrong with the checkpoint at ``path`` (None if it loads as one)."""
     state, load_error = _try_load(path)
     if load_error is not None:
-        return _structure_problem(path, load_error)
+        return load_failure_problem(path, load_error)
     return _content_problem(state)
 
 

@@ -73,6 +73,9 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
+from mega_fairseq.conversion.converted import ConvertedModel
+from mega_fairseq.errors import DataError, MissingDataError
+
 KINDS = ("lm", "translation", "lra")
 LRA_CLS_SYMBOL = "<CLS>"
 
@@ -87,7 +90,16 @@ def load_original_checkpoint(path: str) -> Dict[str, Any]:
     # process-wide allow-list that mega_fairseq_compat installs for fairseq's checkpoints.
     if argparse.Namespace not in torch.serialization.get_safe_globals():
         torch.serialization.add_safe_globals([argparse.Namespace])
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not os.path.isfile(path):
+        raise MissingDataError(f"INPUT {path} is not a file (expected a checkpoint .pt of the original Mega code)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - explained, named by file
+        from mega_fairseq_compat.checkpoint_diagnosis import load_failure_problem
+
+        raise DataError(f"INPUT {path} {load_failure_problem(path, error)}") from None
+    if not isinstance(checkpoint, dict):
+        raise DataError(f"INPUT {path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     for key in ("args", "model"):
         if key not in checkpoint:
             raise ValueError(f"{path} is not a checkpoint of the original Mega code: it has no {key!r} "
@@ -262,6 +274,7 @@ def _lra_config(args: argparse.Namespace):
         sentence_rep="mean",
         pooler_activation_fn=_choice(args, "classifier_activation_fn", POOLER_ACTIVATIONS, "gelu"),
         pooler_dropout=0.0,
+        classification_head_inner_dim=int(_get(args, "classifier_out_dim", embed_dim)),
     )
 
 
@@ -523,16 +536,6 @@ def load_original_weights(model: torch.nn.Module, kind: str, state: Dict[str, Te
     model.load_state_dict(_complete_state(model, state), strict=True)
 
 
-@dataclass
-class ConvertedModel:
-    """What :func:`convert_original_checkpoint` returns."""
-
-    kind: str
-    model: torch.nn.Module
-    cfg: Any
-    task: Any
-
-
 def convert_original_checkpoint(path: str, data_dir: str) -> ConvertedModel:
     """Our model with the weights of the original checkpoint ``path`` (dictionaries from
     the original data folder ``data_dir``), in eval mode."""
@@ -549,4 +552,31 @@ def convert_original_checkpoint(path: str, data_dir: str) -> ConvertedModel:
         head_name = classification_head_name(task.cfg)
     state = state_dict_from_original(kind, checkpoint["model"], head_name)
     load_original_weights(model, kind, state, cfg)
-    return ConvertedModel(kind=kind, model=model.eval(), cfg=cfg, task=task)
+    return ConvertedModel(kind=kind, model=model.eval(), cfg=cfg, task=task, notes=original_notes(kind, args))
+
+
+def original_notes(kind: str, args: argparse.Namespace) -> list:
+    """What the converted model computes differently from the original code: the
+    original's defects, which this code does not reproduce."""
+    notes = []
+    truncation = _get(args, "truncation_length", None)
+    if kind in ("lm", "translation") and truncation is not None and truncation > 0:
+        notes.append(
+            f"the original's incremental decoding ignores --truncation-length {truncation} (its "
+            "recurrent EMA uses the whole history); ours truncates in both the full pass and "
+            f"incremental decoding, so step-by-step outputs differ from the original's once a "
+            f"sequence is longer than {truncation} tokens")
+    if kind in ("lm", "translation"):
+        notes.append(
+            "the original's incremental attention never carries the padding mask of earlier "
+            "steps (it writes prev_key_padding_mask but reads prev_padding_mask); ours masks them")
+    if kind == "translation":
+        notes.append(
+            "the original counts cross-attention source positions from the start of the padded "
+            "row, so with left-padded sources its relative bias depends on the padding; ours counts "
+            "from the first real token (outputs equal for unpadded sources)")
+    if kind == "lra":
+        notes.append(
+            "the original requires inputs to be a multiple of the chunk size or at most one chunk; "
+            "ours pads the last chunk and accepts any length")
+    return notes

@@ -124,6 +124,11 @@ class MegaEncoderModelConfig(MegaCommonConfig, MegaEncoderConfig):
     pooler_dropout: float = field(
         default=0.0, metadata={"help": "dropout probability in the classification/token heads"}
     )
+    classification_head_inner_dim: Optional[int] = field(
+        default=None,
+        metadata={"help": "hidden dimension of the classification heads (default: the "
+                  "embedding dimension)"},
+    )
     load_checkpoint_heads: bool = field(
         default=False,
         metadata={"help": "register the checkpoint's classification/token heads when loading"},
@@ -210,6 +215,10 @@ class MegaEncoderModel(FairseqEncoderModel):
             )
         if not 0.0 <= cfg.pooler_dropout < 1.0:
             raise OptionError(f"--pooler-dropout must lie in [0, 1), got {cfg.pooler_dropout}")
+        inner_dim = safe_getattr(cfg, "classification_head_inner_dim", None)
+        if inner_dim is not None and (isinstance(inner_dim, bool) or not isinstance(inner_dim, int)
+                                      or inner_dim <= 0):
+            raise OptionError(f"--classification-head-inner-dim must be a positive integer, got {inner_dim!r}")
         max_positions = _resolve_max_positions(cfg, task)
         _set_option(cfg, "max_source_positions", max_positions)
         # block settings first: bad sizes are refused naming their options
@@ -352,6 +361,7 @@ class MegaEncoderModel(FairseqEncoderModel):
                 f"input_multiplier must be 1 (one sentence) or 4 (a pair: [u, v, u*v, |u-v|]), "
                 f"got {input_multiplier}"
             )
+        inner_dim = inner_dim or safe_getattr(self.args, "classification_head_inner_dim", None)
         store_head(self, HEAD_KINDS["classification"], name, MegaClassificationHead(
             self.embed_dim, inner_dim or self.embed_dim, num_classes, self.pooler_activation_fn,
             self.pooler_dropout, input_multiplier,
