@@ -403,7 +403,7 @@ def test_pixel_value_embedding_is_a_linear_map_of_normalised_pixels(tmp_path):
         encoder = None
 
     with pytest.raises(ValueError, match="--pixel-input tokens"):
-        task._replace_with_pixel_values(NoHook())
+        task.use_pixel_values(NoHook())
 
 
 # --------------------------------------------------------------------------- end to end (slow)

@@ -277,3 +277,72 @@ def test_other_models_are_refused():
     args.arch = "transformer_wmt_en_de"
     with pytest.raises(ValueError, match="transformer_wmt_en_de"):
         original_kind(args)
+
+
+# ------------------------------------- LRA variants without a fixture of their own
+def _lra_variant(tmp_path, change) -> Path:
+    """lra_a's checkpoint with ``change(args, state)`` applied, saved as a new checkpoint
+    of the original's format."""
+    checkpoint = load_original_checkpoint(str(FIXTURES / "lra_a" / "checkpoint.pt"))
+    change(checkpoint["args"], checkpoint["model"])
+    path = tmp_path / "checkpoint.pt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_lra_retrieval_pair_head_reads_the_documents_as_the_original(tmp_path):
+    """The original's Retrieval classifier reads [rep(second document), rep(first)]; ours
+    [u, v] (``--pair-features concat``): the converted head must compute the original's
+    formula on the sentence vectors (which test_lra_matches_original checks)."""
+    generator = torch.Generator().manual_seed(7)
+    weight = torch.randn(160, 32, generator=generator) * 0.2
+
+    def pair(args, state):
+        args.classifier_in_dim = 32
+        state["classifier.0.0.weight"] = weight.clone()
+
+    converted = convert_original_checkpoint(str(_lra_variant(tmp_path, pair)), str(FIXTURES / "lra_a"))
+    assert converted.task.cfg.paired and converted.task.cfg.pair_features == "concat"
+    model = converted.model
+    inputs = _io_inputs("lra_a")
+    first = {"src_tokens": inputs["src_tokens"]}
+    second = {"src_tokens": inputs["src_tokens"].flip(0)}
+    original = load_original_checkpoint(str(FIXTURES / "lra_a" / "checkpoint.pt"))["model"]
+    with torch.no_grad():
+        ours = model.classify_pair(DEFAULT_HEAD_NAME, first, second)
+        u, v = model.sentence_representation(**first), model.sentence_representation(**second)
+        hidden = F.gelu(torch.cat([v, u], dim=-1) @ weight.t() + original["classifier.0.0.bias"])
+        expected = hidden @ original["sentence_projection_layer.weight"].t()
+    _assert_close(ours, expected, "pair logits")
+
+
+def test_lra_image_model_embeds_pixels_as_the_original(tmp_path):
+    """The original's real-number embedding of a normalised pixel x is x * w + b; the
+    converted image model must equal the token model whose table holds exactly those rows
+    (same blocks, same head)."""
+    generator = torch.Generator().manual_seed(8)
+    w, b = torch.randn(16, generator=generator), torch.randn(16, generator=generator) * 0.1
+
+    def image(args, state):
+        args.input_type, args.pixel_normalization = "image", [0.48, 0.24]
+        del state["encoder.encoder.embed_tokens.embed.weight"]
+        state["encoder.encoder.embed_tokens.weight"], state["encoder.encoder.embed_tokens.bias"] = w, b
+
+    converted = convert_original_checkpoint(str(_lra_variant(tmp_path, image)), str(FIXTURES / "lra_a"))
+    assert type(converted.task).__name__ == "LRAImageTask" and converted.task.cfg.image_size == 8
+    image_model = converted.model
+    token_model = convert_original_checkpoint(str(FIXTURES / "lra_a" / "checkpoint.pt"),
+                                              str(FIXTURES / "lra_a")).model
+    offset = converted.task.dictionary.nspecial
+    pixels = torch.randint(0, 256, (2, 64), generator=generator)
+    table = torch.zeros(offset + 256, 16)
+    table[offset:] = ((torch.arange(256) / 255.0 - 0.48) / 0.24).unsqueeze(-1) * w + b
+    token_model.encoder.embed_tokens = torch.nn.Embedding.from_pretrained(table)
+    with torch.no_grad():
+        ours = image_model(pixels + offset, classification_head_name=DEFAULT_HEAD_NAME)[0]
+        expected = token_model(pixels + offset, classification_head_name=DEFAULT_HEAD_NAME)[0]
+    _assert_close(ours, expected, "image logits")
+
+
+def _io_inputs(name: str):
+    return torch.load(FIXTURES / name / "io.pt", map_location="cpu", weights_only=True)["inputs"]

@@ -26,15 +26,20 @@ CHECKPOINT_NAME = "model.pt"
 def task_dictionary_files(task) -> Dict[str, Any]:
     """{relative path: Dictionary} of the files ``task`` reads its dictionaries from:
     ``dict.txt`` (language modelling, masked LM, sentence prediction's input ...),
-    ``dict.<lang>.txt`` (translation), ``input0/dict.txt`` and ``label/dict.txt``
-    (the plugin's lra-text task)."""
+    ``dict.<lang>.txt`` (translation), ``input0/dict.txt``, ``label/dict.txt`` (and
+    ``input1/dict.txt`` when paired) for the plugin's lra-text task; none for lra-image."""
     name = type(task).__name__
     if name == "TranslationTask":
         return {f"dict.{task.cfg.source_lang}.txt": task.src_dict,
                 f"dict.{task.cfg.target_lang}.txt": task.tgt_dict}
     if name == "LRATextTask":
-        return {os.path.join("input0", "dict.txt"): task.source_dictionary,
-                os.path.join("label", "dict.txt"): task.label_dictionary}
+        files = {os.path.join("input0", "dict.txt"): task.source_dictionary,
+                 os.path.join("label", "dict.txt"): task.label_dictionary}
+        if task.cfg.paired:  # the second documents are binarized with the same dictionary
+            files[os.path.join("input1", "dict.txt")] = task.source_dictionary
+        return files
+    if name == "LRAImageTask":  # its pixel dictionary is built by the task itself
+        return {}
     labels = getattr(task, "label_dictionary", None)
     files = {"dict.txt": task.source_dictionary}
     if labels is not None:

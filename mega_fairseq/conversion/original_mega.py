@@ -22,8 +22,13 @@ Model types (``kind``), from ``args.task`` and ``args.arch``:
 * ``"lm"``: ``--task language_modeling -a mega_lm*`` -> ``mega_lm``
   (``MegaLanguageModel``);
 * ``"translation"``: ``--task translation -a mega*`` -> ``mega`` (``MegaModel``);
-* ``"lra"``: ``--task lra-text --input-type text``, ``--layer-type mega`` ->
-  ``mega_encoder`` (``MegaEncoderModel``) with a classification head.
+* ``"lra"``: ``--task lra-text``/``lra-image``, ``--layer-type mega``, every
+  ``mega_lra_*`` architecture -> ``mega_encoder`` (``MegaEncoderModel``) with a
+  classification head: token inputs (ListOps, Text) for our ``lra-text`` task, document
+  pairs (Retrieval: ``--classifier-in-dim`` twice the embedding) for ``lra-text --paired
+  --pair-features concat``, pixel inputs (``--input-type image``: Image, Pathfinder,
+  Path-X) for ``lra-image --pixel-input values`` with the original's
+  ``--pixel-normalization``.
 
 State-dict names (original -> ours), ``L`` the layer index::
 
@@ -50,8 +55,11 @@ State-dict names (original -> ours), ``L`` the layer index::
 LRA classifier (``lra``)::
 
     encoder.encoder.embed_tokens.embed.weight      encoder.embed_tokens.weight
+    encoder.encoder.embed_tokens.{weight,bias} C   encoder.embed_tokens.value_proj.{weight C x 1,
+        (pixel inputs: x * weight + bias)          bias}
     encoder.encoder.layers.L.*                     encoder.layers.L.* (as above)
     classifier.0.0.{weight,bias}                   classification_heads.<head>.dense.*
+        (pairs: input columns [second, first]      [first, second])
     sentence_projection_layer.weight               classification_heads.<head>.out_proj.weight
     (no bias in the original)                      classification_heads.<head>.out_proj.bias = 0
     (no masked-LM head in the original)            lm_head.{dense,layer_norm,bias}: kept at
@@ -60,11 +68,13 @@ LRA classifier (``lra``)::
 
 Verified against outputs of the original (``tests/test_original_mega_parity.py``): layer
 norm, the simple relative bias, softmax attention, silu, pre- and post-norm, chunked and
-unchunked attention. Rotary bias, the other norms and attention functions are mapped by
-name only.
+unchunked attention. The pair head and the pixel embedding are checked against the
+original's formulas on top of that verified encoder. Rotary bias, the other norms and
+attention functions are mapped by name only.
 """
 
 import argparse
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -240,24 +250,32 @@ def _translation_config(args: argparse.Namespace):
 
 @dataclass
 class LRAHeadSettings:
-    """The original LRA classifier: Linear(embed, inner_dim) -> activation (the model
-    config's ``pooler_activation_fn``) -> Linear(inner_dim, num_classes, no bias)."""
+    """The original LRA classifier: Linear(input_multiplier * embed, inner_dim) ->
+    activation (the model config's ``pooler_activation_fn``) -> Linear(inner_dim,
+    num_classes, no bias). ``input_multiplier`` 2: a Retrieval head over the concatenated
+    sentence vectors of the two documents; ``pixels``: the input is an image (LRA Image,
+    Pathfinder), embedded as a linear map of its normalised pixel values."""
 
     num_classes: int
     inner_dim: int
+    input_multiplier: int = 1
+    pixels: bool = False
+    pixel_normalization: Tuple[float, float] = (0.5, 0.5)
 
 
 def _lra_config(args: argparse.Namespace):
     from mega_fairseq.models.mega_encoder_model import POOLER_ACTIVATIONS, MegaEncoderModelConfig
 
     _require(args, "layer_type", ("mega",), "only Mega layers are mapped")
-    _require(args, "input_type", ("text",), "only token inputs (lra-text) are mapped, not pixel embeddings")
+    _require(args, "input_type", ("text", "image"), "only token (lra-text) and pixel (lra-image) inputs exist")
     _require(args, "sen_rep_type", ("mp",), "only mean pooling ('mp') is mapped")
     _require(args, "use_p", (False, None), "the use_p sentence representation is not mapped")
     _require(args, "classifier_layers", (1,), "the classifier is mapped with exactly one hidden layer")
     embed_dim = int(args.encoder_embed_dim)
-    if _get(args, "classifier_in_dim", embed_dim) != embed_dim:
-        _refuse("classifier_in_dim", args.classifier_in_dim, f"must equal --encoder-embed-dim ({embed_dim})")
+    pair = args.input_type == "text" and _get(args, "classifier_in_dim", embed_dim) == 2 * embed_dim
+    if _get(args, "classifier_in_dim", embed_dim) != embed_dim and not pair:
+        _refuse("classifier_in_dim", args.classifier_in_dim,
+                f"must equal --encoder-embed-dim ({embed_dim}), or twice it for a text pair (Retrieval)")
     return MegaEncoderModelConfig(
         **_common_options(args, norm_option="norm_type", activation_dropout_option="act_dropout"),
         encoder_embed_dim=embed_dim,
@@ -279,8 +297,17 @@ def _lra_config(args: argparse.Namespace):
 
 
 def lra_head_settings(args: argparse.Namespace) -> LRAHeadSettings:
-    """The classification head of an original LRA model."""
-    return LRAHeadSettings(num_classes=int(args.sentence_class_num), inner_dim=int(args.classifier_out_dim))
+    """The classification head and input kind of an original LRA model."""
+    embed_dim = int(args.encoder_embed_dim)
+    normalization = _get(args, "pixel_normalization", None) or (0.5, 0.5)
+    if len(normalization) != 2:
+        _refuse("pixel_normalization", normalization, "must be a mean and a std")
+    return LRAHeadSettings(
+        num_classes=int(args.sentence_class_num), inner_dim=int(args.classifier_out_dim),
+        input_multiplier=int(_get(args, "classifier_in_dim", embed_dim)) // embed_dim,
+        pixels=args.input_type == "image",
+        pixel_normalization=(float(normalization[0]), float(normalization[1])),
+    )
 
 
 _CONFIG_BUILDERS: Dict[str, Callable] = {"lm": _lm_config, "translation": _translation_config, "lra": _lra_config}
@@ -393,28 +420,50 @@ def translation_state_dict(original: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     return ours
 
 
-def lra_state_dict(original: Mapping[str, Tensor], head_name: str) -> Dict[str, Tensor]:
+def lra_state_dict(original: Mapping[str, Tensor], head_name: str,
+                   head: Optional[LRAHeadSettings] = None) -> Dict[str, Tensor]:
     """Original LRA classifier state dict -> ``MegaEncoderModel`` state dict without the
     masked-LM head (see :func:`convert_original_checkpoint`): the encoder, and the
-    classification head ``head_name`` with a zero output bias."""
+    classification head ``head_name`` with a zero output bias.
+
+    Pixel inputs: the original's real-number embedding ``x * weight + bias`` (weight, bias:
+    C) is ``PixelValueEmbedding.value_proj`` (weight C x 1). A Retrieval pair head reads
+    [v, u] in the original (second document first) and [u, v] here: its input columns
+    are swapped."""
+    head = head or LRAHeadSettings(num_classes=0, inner_dim=0)
     _check_only_prefixes(original, ("encoder.encoder.", "classifier.", "sentence_projection_layer."))
-    ours = _stack_state(original, "encoder.encoder", "encoder", {"embed_tokens.embed.weight": "embed_tokens.weight"})
-    head = f"classification_heads.{head_name}."
+    if head.pixels:
+        renames = {"embed_tokens.weight": "embed_tokens.value_proj.weight",
+                   "embed_tokens.bias": "embed_tokens.value_proj.bias"}
+    else:
+        renames = {"embed_tokens.embed.weight": "embed_tokens.weight"}
+    ours = _stack_state(original, "encoder.encoder", "encoder", renames)
+    if head.pixels:
+        weight = ours.get("encoder.embed_tokens.value_proj.weight")
+        if weight is None or weight.dim() != 1:
+            raise ValueError("an original image (pixel) LRA model has encoder.encoder.embed_tokens.weight "
+                             f"of shape [C]; got {None if weight is None else list(weight.shape)}")
+        ours["encoder.embed_tokens.value_proj.weight"] = weight.unsqueeze(-1)
+    prefix = f"classification_heads.{head_name}."
     expected = {"classifier.0.0.weight", "classifier.0.0.bias", "sentence_projection_layer.weight"}
     present = {k for k in original if k.startswith(("classifier.", "sentence_projection_layer."))}
     if present != expected:
         raise ValueError(f"the original LRA classifier must have exactly {sorted(expected)}, got {sorted(present)}")
-    ours[head + "dense.weight"] = original["classifier.0.0.weight"]
-    ours[head + "dense.bias"] = original["classifier.0.0.bias"]
+    dense = original["classifier.0.0.weight"]
+    if head.input_multiplier == 2:
+        second, first = dense.chunk(2, dim=1)
+        dense = torch.cat([first, second], dim=1)
+    ours[prefix + "dense.weight"] = dense
+    ours[prefix + "dense.bias"] = original["classifier.0.0.bias"]
     projection = original["sentence_projection_layer.weight"]
-    ours[head + "out_proj.weight"] = projection
-    ours[head + "out_proj.bias"] = projection.new_zeros(projection.size(0))
+    ours[prefix + "out_proj.weight"] = projection
+    ours[prefix + "out_proj.bias"] = projection.new_zeros(projection.size(0))
     return ours
 
 
-def state_dict_from_original(kind: str, original: Mapping[str, Tensor],
-                             head_name: Optional[str] = None) -> Dict[str, Tensor]:
-    """Original state dict of model type ``kind`` -> ours (``head_name``: LRA only)."""
+def state_dict_from_original(kind: str, original: Mapping[str, Tensor], head_name: Optional[str] = None,
+                             head: Optional[LRAHeadSettings] = None) -> Dict[str, Tensor]:
+    """Original state dict of model type ``kind`` -> ours (``head_name``, ``head``: LRA only)."""
     if kind == "lm":
         return lm_state_dict(original)
     if kind == "translation":
@@ -422,7 +471,7 @@ def state_dict_from_original(kind: str, original: Mapping[str, Tensor],
     if kind == "lra":
         if head_name is None:
             raise ValueError("the LRA state dict needs the classification head name")
-        return lra_state_dict(original, head_name)
+        return lra_state_dict(original, head_name, head)
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
@@ -460,13 +509,29 @@ def lra_dictionaries(data_dir: str):
 
 
 def _lra_task(args: argparse.Namespace, data_dir: str):
+    """lra-text (with ``--paired --pair-features concat`` for a Retrieval model), or
+    lra-image with the original's pixel normalisation for image inputs (``--image-size``:
+    the square root of the original's ``--max-positions``)."""
     from mega_fairseq.tasks.lra_common import DEFAULT_HEAD_NAME
+
+    head = lra_head_settings(args)
+    if head.pixels:
+        from mega_fairseq.tasks.lra_image import LRAImageConfig, LRAImageTask
+
+        side = math.isqrt(int(args.max_positions))
+        if side * side != int(args.max_positions):
+            _refuse("max_positions", args.max_positions, "an image model needs a square number of pixels")
+        mean, std = head.pixel_normalization
+        cfg = LRAImageConfig(data=data_dir, num_classes=head.num_classes, image_size=side, pixel_input="values",
+                             pixel_mean=mean, pixel_std=std, classification_head_name=DEFAULT_HEAD_NAME,
+                             seed=int(_get(args, "seed", 1)))
+        return LRAImageTask.setup_task(cfg)
     from mega_fairseq.tasks.lra_text import LRATextConfig, LRATextTask
 
     source, labels = lra_dictionaries(data_dir)
-    cfg = LRATextConfig(data=data_dir, num_classes=int(args.sentence_class_num),
-                        max_positions=int(args.max_positions), classification_head_name=DEFAULT_HEAD_NAME,
-                        seed=int(_get(args, "seed", 1)))
+    cfg = LRATextConfig(data=data_dir, num_classes=head.num_classes, paired=head.input_multiplier == 2,
+                        pair_features="concat", max_positions=int(args.max_positions),
+                        classification_head_name=DEFAULT_HEAD_NAME, seed=int(_get(args, "seed", 1)))
     return LRATextTask(cfg, source, labels)
 
 
@@ -495,8 +560,10 @@ def build_model(kind: str, cfg, task, head: Optional[LRAHeadSettings] = None):
     if head is None:
         raise ValueError("an LRA model needs its head settings (lra_head_settings(args))")
     model = MegaEncoderModel.build_model(cfg, task)
+    if head.pixels:
+        task.use_pixel_values(model)
     model.register_classification_head(classification_head_name(task.cfg), num_classes=head.num_classes,
-                                       inner_dim=head.inner_dim)
+                                       inner_dim=head.inner_dim, input_multiplier=head.input_multiplier)
     return model
 
 
@@ -550,7 +617,7 @@ def convert_original_checkpoint(path: str, data_dir: str) -> ConvertedModel:
     if kind == "lra":
         from mega_fairseq.tasks.lra_common import classification_head_name
         head_name = classification_head_name(task.cfg)
-    state = state_dict_from_original(kind, checkpoint["model"], head_name)
+    state = state_dict_from_original(kind, checkpoint["model"], head_name, head)
     load_original_weights(model, kind, state, cfg)
     return ConvertedModel(kind=kind, model=model.eval(), cfg=cfg, task=task, notes=original_notes(kind, args))
 

@@ -231,10 +231,10 @@ class LRAImageTask(bd.DictionaryAccessors, FairseqTask):
                             f"the {self.num_pixels} pixels per image of --image-size {self.cfg.image_size}")
         model.register_classification_head(classification_head_name(self.cfg), num_classes=self.cfg.num_classes)
         if self.cfg.pixel_input == "values":
-            self._replace_with_pixel_values(model)
+            self.use_pixel_values(model)
         return model
 
-    def _replace_with_pixel_values(self, model) -> None:
+    def use_pixel_values(self, model) -> None:
         """Put a :class:`PixelValueEmbedding` in place of the model's token table."""
         if not callable(getattr(model, "replace_token_embedding", None)):
             raise OptionError(

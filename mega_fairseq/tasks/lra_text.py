@@ -17,7 +17,8 @@ label dictionary (fairseq-preprocess maps it to ``<unk>``) is an error.
 Samples: ``net_input`` = ``{"src_tokens": B x T (right-padded), "src_lengths": B}``,
 ``net_input1`` likewise for the second document (``--paired`` only), ``target``: B class
 ids.  ``build_model`` registers the classification head ``--classification-head-name``
-(``input_multiplier=4`` when paired: a head over ``[u, v, u*v, |u-v|]``).
+(when paired: a head over ``[u, v, u*v, |u-v|]``, or ``[u, v]`` with ``--pair-features
+concat``).
 """
 
 import logging
@@ -29,7 +30,7 @@ import numpy as np
 from omegaconf import II, MISSING
 
 from fairseq.data import Dictionary
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
 from mega_fairseq.errors import DataError, MissingDataError, OptionError
@@ -47,6 +48,8 @@ from mega_fairseq.tasks.lra_common import (
 logger = logging.getLogger(__name__)
 
 TEXT_SHORTEN_METHODS = shorten_method_choices(("none", "truncate"))
+PAIR_FEATURES = ChoiceEnum(["product-difference", "concat"])
+PAIR_MULTIPLIERS = {"product-difference": 4, "concat": 2}
 
 @dataclass
 class LRATextConfig(FairseqDataclass):
@@ -55,6 +58,11 @@ class LRATextConfig(FairseqDataclass):
     paired: bool = field(
         default=False,
         metadata={"help": "two inputs per example (DATA/input1), classified with model.classify_pair"},
+    )
+    pair_features: PAIR_FEATURES = field(
+        default="product-difference",
+        metadata={"help": "what the pair head of --paired reads: 'product-difference': [u, v, u*v, "
+                  "|u-v|]; 'concat': [u, v] (the original Mega code's Retrieval head)"},
     )
     max_positions: Optional[int] = field(
         default=None,
@@ -157,7 +165,7 @@ class LRATextTask(bd.DictionaryAccessors, FairseqTask):
         model.register_classification_head(
             classification_head_name(self.cfg),
             num_classes=self.cfg.num_classes,
-            input_multiplier=4 if self.cfg.paired else 1,
+            input_multiplier=PAIR_MULTIPLIERS[str(self.cfg.pair_features)] if self.cfg.paired else 1,
         )
         return model
 
