@@ -139,6 +139,24 @@ def _get(args: argparse.Namespace, name: str, default: Any = None) -> Any:
     return getattr(args, name, default)
 
 
+class ReadOptions(argparse.Namespace):
+    """The original's ``args`` that records which options the conversion reads
+    (``read``); the others are training, data and logging options that do not change
+    what the model computes."""
+
+    def __init__(self, args: argparse.Namespace):
+        super().__init__(**vars(args))
+        object.__setattr__(self, "read", set())
+
+    def __getattribute__(self, name: str):
+        if not name.startswith("_") and name != "read" and name in object.__getattribute__(self, "__dict__"):
+            object.__getattribute__(self, "read").add(name)
+        return object.__getattribute__(self, name)
+
+    def unread(self) -> list:
+        return sorted(k for k in vars(self) if k != "read" and k not in self.read)
+
+
 def _refuse(option: str, value: Any, why: str) -> None:
     raise ValueError(f"original option --{option.replace('_', '-')}={value!r} cannot be converted: {why}")
 
@@ -210,8 +228,6 @@ def _side_sizes(args: argparse.Namespace, side: str) -> Dict[str, Any]:
 def _lm_config(args: argparse.Namespace):
     from mega_fairseq.models.mega_lm import MegaLanguageModelConfig
 
-    _require(args, "adaptive_input", (False, None), "adaptive input embeddings are not mapped")
-    _require(args, "adaptive_softmax_cutoff", (None,), "adaptive softmax is not mapped")
     input_dim = _get(args, "decoder_input_dim", args.decoder_embed_dim)
     if input_dim != args.decoder_embed_dim:
         _refuse("decoder_input_dim", input_dim, f"our decoder needs it equal to --decoder-embed-dim "
@@ -226,12 +242,38 @@ def _lm_config(args: argparse.Namespace):
         share_decoder_input_output_embed=bool(_get(args, "share_decoder_input_output_embed", False)),
         max_target_positions=int(args.max_target_positions),
         tokens_per_sample=int(args.tokens_per_sample),
+        **_adaptive_options(args),
     )
+
+
+def _adaptive_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """Adaptive input / softmax options (the WikiText-103 models); fairseq's modules, the
+    same in the original's fork and here."""
+    options = dict(
+        adaptive_input=bool(_get(args, "adaptive_input", False)),
+        adaptive_softmax_cutoff=_get(args, "adaptive_softmax_cutoff", None),
+        tie_adaptive_weights=bool(_get(args, "tie_adaptive_weights", False)),
+        tie_adaptive_proj=bool(_get(args, "tie_adaptive_proj", False)),
+    )
+    if options["adaptive_input"]:
+        options.update(adaptive_input_factor=float(_get(args, "adaptive_input_factor", 4)),
+                       adaptive_input_cutoff=_get(args, "adaptive_input_cutoff", None))
+    if options["adaptive_softmax_cutoff"] is not None:
+        options.update(adaptive_softmax_factor=float(_get(args, "adaptive_softmax_factor", 4)),
+                       adaptive_softmax_dropout=float(_get(args, "adaptive_softmax_dropout", 0.0) or 0.0))
+    return options
 
 
 def _translation_config(args: argparse.Namespace):
     from mega_fairseq.models.mega_translation import MegaTranslationConfig
 
+    _require(args, "adaptive_input", (False, None), "the translation model has no adaptive input")
+    _require(args, "adaptive_softmax_cutoff", (None,), "the translation model has no adaptive softmax")
+    for side in ("encoder", "decoder"):
+        embed_dim = _get(args, f"{side}_embed_dim")
+        if _get(args, f"{side}_input_dim", embed_dim) != embed_dim:
+            _refuse(f"{side}_input_dim", _get(args, f"{side}_input_dim"),
+                    f"must equal --{side}-embed-dim ({embed_dim})")
     return MegaTranslationConfig(
         **_common_options(args),
         **_side_sizes(args, "encoder"),
@@ -271,6 +313,7 @@ def _lra_config(args: argparse.Namespace):
     _require(args, "sen_rep_type", ("mp",), "only mean pooling ('mp') is mapped")
     _require(args, "use_p", (False, None), "the use_p sentence representation is not mapped")
     _require(args, "classifier_layers", (1,), "the classifier is mapped with exactly one hidden layer")
+    _require(args, "regression_target", (False, None), "only classification heads are mapped")
     embed_dim = int(args.encoder_embed_dim)
     pair = args.input_type == "text" and _get(args, "classifier_in_dim", embed_dim) == 2 * embed_dim
     if _get(args, "classifier_in_dim", embed_dim) != embed_dim and not pair:
@@ -369,10 +412,11 @@ def _split_layer_key(key: str, layers_prefix: str) -> Optional[Tuple[str, str]]:
 
 
 def _stack_state(original: Mapping[str, Tensor], original_side: str, our_side: str,
-                 renames: Mapping[str, str]) -> Dict[str, Tensor]:
+                 renames: Mapping[str, str], same_names: Tuple[str, ...] = ()) -> Dict[str, Tensor]:
     """The blocks and the named non-block keys of one stack. ``renames`` maps the other
-    original keys (after ``original_side.``) to ours (after ``our_side.``); ``version`` is
-    dropped; anything else is an error."""
+    original keys (after ``original_side.``) to ours (after ``our_side.``); keys starting
+    with one of ``same_names`` keep their name (fairseq's adaptive input / softmax);
+    ``version`` is dropped; anything else is an error."""
     original_prefix = original_side + "."
     blocks: Dict[str, Dict[str, Tensor]] = {}
     ours: Dict[str, Tensor] = {}
@@ -387,6 +431,8 @@ def _stack_state(original: Mapping[str, Tensor], original_side: str, our_side: s
             continue
         elif local in renames:
             ours[f"{our_side}.{renames[local]}"] = value
+        elif same_names and local.startswith(same_names):
+            ours[f"{our_side}.{local}"] = value
         elif local.startswith("final_norm."):
             ours[f"{our_side}.{local}"] = value
         else:
@@ -407,7 +453,8 @@ def lm_state_dict(original: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     """Original ``mega_lm`` state dict -> ``MegaLanguageModel`` state dict."""
     _check_only_prefixes(original, ("decoder.",))
     names = {"embed_tokens.weight": "embed_tokens.weight", "output_projection.weight": "output_projection.weight"}
-    return _stack_state(original, "decoder", "decoder", names)
+    return _stack_state(original, "decoder", "decoder", names,
+                        same_names=("embed_tokens.embeddings.", "adaptive_softmax."))
 
 
 def translation_state_dict(original: Mapping[str, Tensor]) -> Dict[str, Tensor]:
@@ -568,6 +615,9 @@ def build_model(kind: str, cfg, task, head: Optional[LRAHeadSettings] = None):
 
 
 _FINGERPRINT_SUFFIX = "dictionary_fingerprint"
+# buffers of ours without a value of their own (fairseq's dtype carriers and format versions
+# of its adaptive modules), taken from the model when the original's state lacks them
+_FILLED_SUFFIXES = (_FINGERPRINT_SUFFIX, "._float_tensor", "adaptive_softmax.version")
 
 
 def _complete_state(model: torch.nn.Module, state: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -575,10 +625,11 @@ def _complete_state(model: torch.nn.Module, state: Dict[str, Tensor]) -> Dict[st
     from the model itself: the masked-LM head of ``mega_encoder`` (unused by
     classification) and the stacks' ``dictionary_fingerprint`` buffers, which hold the
     fingerprints of the task's dictionaries the model was built with (what
-    ``mega_fairseq.models.dictionary_fingerprint.stamp_dictionary_fingerprint`` writes)."""
+    ``mega_fairseq.models.dictionary_fingerprint.stamp_dictionary_fingerprint`` writes), and
+    the value-less buffers of ``_FILLED_SUFFIXES``."""
     completed = dict(state)
     for key, value in model.state_dict().items():
-        if key not in completed and (key.startswith("lm_head.") or key.endswith(_FINGERPRINT_SUFFIX)):
+        if key not in completed and (key.startswith("lm_head.") or key.endswith(_FILLED_SUFFIXES)):
             completed[key] = value
     if "lm_head.weight" in completed and "encoder.embed_tokens.weight" in state:
         completed["lm_head.weight"] = state["encoder.embed_tokens.weight"]
@@ -607,7 +658,7 @@ def convert_original_checkpoint(path: str, data_dir: str) -> ConvertedModel:
     """Our model with the weights of the original checkpoint ``path`` (dictionaries from
     the original data folder ``data_dir``), in eval mode."""
     checkpoint = load_original_checkpoint(path)
-    args = checkpoint["args"]
+    args = ReadOptions(checkpoint["args"])
     kind = original_kind(args)
     cfg = config_from_original_args(args)
     task = build_original_task(args, data_dir)
@@ -619,7 +670,11 @@ def convert_original_checkpoint(path: str, data_dir: str) -> ConvertedModel:
         head_name = classification_head_name(task.cfg)
     state = state_dict_from_original(kind, checkpoint["model"], head_name, head)
     load_original_weights(model, kind, state, cfg)
-    return ConvertedModel(kind=kind, model=model.eval(), cfg=cfg, task=task, notes=original_notes(kind, args))
+    notes = original_notes(kind, args)
+    notes.append(f"{len(args.read)} original options were read; the other {len(args.unread())} "
+                 f"(training, data and logging options that do not change the model) were ignored: "
+                 f"{', '.join(args.unread())}")
+    return ConvertedModel(kind=kind, model=model.eval(), cfg=cfg, task=task, notes=notes)
 
 
 def original_notes(kind: str, args: argparse.Namespace) -> list:
