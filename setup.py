@@ -84,11 +84,16 @@ setup(
         "sacremoses",
         "tqdm",
         "matplotlib",
+        # reads WAV/FLAC for the speech_commands task (its wheels bundle libsndfile)
+        "soundfile",
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "transformers==4.40.2"],
         # the Hugging Face port of Mega, for comparisons (scripts/benchmarking/hf_harness.py)
         "benchmark": ["transformers==4.40.2"],
+        # model.safetensors of the port's folders (scripts/convert_checkpoint.py
+        # --source-format hf / --to hf); pytorch_model.bin needs nothing more
+        "hf": ["safetensors"],
     },
     license="MIT",
 )

@@ -229,8 +229,8 @@ def test_bad_options_and_head_names_are_refused_clearly():
     model = build_model()
     with pytest.raises(ValueError, match="needs a positive num_classes"):
         model.register_classification_head("h")
-    with pytest.raises(ValueError, match="input_multiplier must be 1 .* or 4"):
-        model.register_classification_head("h", num_classes=2, input_multiplier=2)
+    with pytest.raises(ValueError, match="input_multiplier must be 1 .*, 2 .* or 4"):
+        model.register_classification_head("h", num_classes=2, input_multiplier=3)
     with pytest.raises(ValueError, match="needs a positive num_labels"):
         model.register_token_head("t", 0)
     tokens = sentences(make_dictionary(24))[0].unsqueeze(0)

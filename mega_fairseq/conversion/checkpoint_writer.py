@@ -27,7 +27,9 @@ def task_dictionary_files(task) -> Dict[str, Any]:
     """{relative path: Dictionary} of the files ``task`` reads its dictionaries from:
     ``dict.txt`` (language modelling, masked LM, sentence prediction's input ...),
     ``dict.<lang>.txt`` (translation), ``input0/dict.txt``, ``label/dict.txt`` (and
-    ``input1/dict.txt`` when paired) for the plugin's lra-text task; none for lra-image."""
+    ``input1/dict.txt`` when paired) for the plugin's lra-text task, ``input0/dict.txt``
+    (and ``label/dict.txt`` for classification) for sentence_prediction; none for
+    lra-image."""
     name = type(task).__name__
     if name == "TranslationTask":
         return {f"dict.{task.cfg.source_lang}.txt": task.src_dict,
@@ -40,6 +42,11 @@ def task_dictionary_files(task) -> Dict[str, Any]:
         return files
     if name == "LRAImageTask":  # its pixel dictionary is built by the task itself
         return {}
+    if name == "SentencePredictionTask":
+        files = {os.path.join("input0", "dict.txt"): task.source_dictionary}
+        if task.label_dictionary is not None and not task.cfg.regression_target:
+            files[os.path.join("label", "dict.txt")] = task.label_dictionary
+        return files
     labels = getattr(task, "label_dictionary", None)
     files = {"dict.txt": task.source_dictionary}
     if labels is not None:

@@ -1,6 +1,6 @@
 """What the Mega encoder and decoder stacks have in common: scaled token embeddings, an
 optional embedding norm, embedding dropout, the blocks, and a final norm for pre-norm
-stacks."""
+stacks (unless ``StackSettings.final_norm`` is off)."""
 
 import math
 from typing import Optional
@@ -34,7 +34,7 @@ class MegaBlockStack:
         self.layers = nn.ModuleList([MegaLayer(layer) for _ in range(settings.num_layers)])
         self.final_norm = (
             SequenceNorm(layer.norm_type, embed_dim, affine=settings.affine_final_norm)
-            if layer.prenorm
+            if layer.prenorm and settings.final_norm
             else None
         )
 

@@ -23,15 +23,27 @@ logger = logging.getLogger(__name__)
 Sizes = Tuple[int, ...]
 
 
+# --lm-head-type: what the masked-LM head computes before its vocabulary projection
+LM_HEAD_TYPES = (
+    "dense_norm",  # dense -> the blocks' activation -> LayerNorm (RoBERTa's head)
+    "dense_tanh",  # dense -> tanh (the Hugging Face port's add_lm_hidden_dense_layer)
+    "linear",  # nothing: the projection of the features (the port without that layer)
+)
+
+
 class MegaLMHead(nn.Module):
-    """Masked-LM head: dense -> activation -> LayerNorm -> vocabulary projection (+ bias)."""
+    """Masked-LM head: per ``head_type`` (:data:`LM_HEAD_TYPES`) dense -> activation ->
+    LayerNorm, dense -> tanh, or nothing; then the vocabulary projection (+ bias)."""
 
     def __init__(self, embed_dim: int, vocab_size: int, activation: str,
-                 weight: Optional[nn.Parameter] = None):
+                 weight: Optional[nn.Parameter] = None, head_type: str = "dense_norm"):
         super().__init__()
-        self.dense = nn.Linear(embed_dim, embed_dim)
-        self.activation_fn = get_activation_fn(activation)
-        self.layer_norm = nn.LayerNorm(embed_dim)
+        if head_type not in LM_HEAD_TYPES:
+            raise ValueError(f"head_type must be one of {list(LM_HEAD_TYPES)}, got {head_type!r}")
+        self.head_type = head_type
+        self.dense = nn.Linear(embed_dim, embed_dim) if head_type != "linear" else None
+        self.activation_fn = get_activation_fn(activation) if head_type == "dense_norm" else torch.tanh
+        self.layer_norm = nn.LayerNorm(embed_dim) if head_type == "dense_norm" else None
         if weight is None:
             weight = nn.Parameter(torch.empty(vocab_size, embed_dim))
             nn.init.normal_(weight, mean=0.0, std=embed_dim ** -0.5)
@@ -43,7 +55,11 @@ class MegaLMHead(nn.Module):
         M masked positions (row-major order) when ``masked_tokens`` is given."""
         if masked_tokens is not None:
             features = features[masked_tokens, :]
-        x = self.layer_norm(self.activation_fn(self.dense(features)))
+        x = features
+        if self.dense is not None:
+            x = self.activation_fn(self.dense(x))
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
         return F.linear(x, self.weight) + self.bias
 
 

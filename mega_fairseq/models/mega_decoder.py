@@ -18,6 +18,8 @@ from mega_fairseq.models.padding import left_align_columns, padding_mask_or_none
 from mega_fairseq.modules.incremental import IncrementalState
 
 _STEPS_KEY = "decoded"
+# what runs before the output projection: nothing, or Linear(C, C) -> tanh
+DECODER_LM_HEAD_TYPES = ("linear", "dense_tanh")
 
 
 class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
@@ -30,6 +32,11 @@ class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
         embed_tokens: ``nn.Embedding`` or fairseq ``AdaptiveInput``
         share_input_output_embed: tie the output projection to ``embed_tokens``
         adaptive_softmax: optional fairseq ``AdaptiveSoftmax`` (replaces the projection)
+        lm_head_type: 'linear' (features -> output projection) or 'dense_tanh' (features ->
+            Linear(C, C) -> tanh -> output projection, the Hugging Face port's
+            ``add_lm_hidden_dense_layer``); not with ``adaptive_softmax``
+        output_projection_bias: a bias on the output projection (not with
+            ``adaptive_softmax``)
     """
 
     def __init__(
@@ -39,8 +46,15 @@ class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
         embed_tokens: nn.Module,
         share_input_output_embed: bool = False,
         adaptive_softmax: Optional[AdaptiveSoftmax] = None,
+        lm_head_type: str = "linear",
+        output_projection_bias: bool = False,
     ):
         super().__init__(dictionary)
+        if lm_head_type not in DECODER_LM_HEAD_TYPES:
+            raise ValueError(f"lm_head_type must be one of {list(DECODER_LM_HEAD_TYPES)}, got {lm_head_type!r}")
+        if adaptive_softmax is not None and (lm_head_type != "linear" or output_projection_bias):
+            raise ValueError("an adaptive softmax replaces the output projection: it takes neither "
+                             "lm_head_type='dense_tanh' nor output_projection_bias")
         if not settings.layer.causal:
             raise ValueError("the Mega decoder needs causal block settings")
         embed_dim = settings.layer.embed_dim
@@ -51,13 +65,16 @@ class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
         self.embed_tokens = embed_tokens
         self.build_stack(settings)
         self.adaptive_softmax = adaptive_softmax
+        self.output_dense = nn.Linear(embed_dim, embed_dim) if lm_head_type == "dense_tanh" else None
         self.output_projection = None
         if adaptive_softmax is None:
-            self.output_projection = nn.Linear(embed_dim, len(dictionary), bias=False)
+            self.output_projection = nn.Linear(embed_dim, len(dictionary), bias=output_projection_bias)
             if share_input_output_embed:
                 self.output_projection.weight = embed_tokens.weight
             else:
                 nn.init.normal_(self.output_projection.weight, mean=0.0, std=embed_dim ** -0.5)
+            if output_projection_bias:
+                nn.init.zeros_(self.output_projection.bias)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -143,7 +160,11 @@ class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
         return x.transpose(0, 1), {"attn": [attn], "inner_states": inner_states}
 
     def output_layer(self, features: Tensor) -> Tensor:
+        """features B x T x C -> logits B x T x V (the features themselves with an adaptive
+        softmax, which the criterion applies)."""
         if self.adaptive_softmax is None:
+            if self.output_dense is not None:
+                features = torch.tanh(self.output_dense(features))
             return self.output_projection(features)
         return features
 

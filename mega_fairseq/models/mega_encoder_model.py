@@ -6,7 +6,8 @@ The model is a :class:`~fairseq.models.FairseqEncoderModel` around
 :class:`~mega_fairseq.models.mega_encoder.MegaEncoder` with
 
 * a masked-LM head (dense -> activation -> LayerNorm -> projection to the vocabulary,
-  tied to the token embeddings unless ``--untie-lm-head``),
+  tied to the token embeddings unless ``--untie-lm-head``; ``--lm-head-type`` dense_tanh /
+  linear: the Hugging Face port's heads, with and without its hidden dense layer),
 * named sentence classification heads (``classification_heads``) over a pooled sentence
   vector (``--sentence-rep cls``: the first token's final state, which is fairseq's
   ``<s>`` in its masked_lm / sentence_prediction data; ``mean``: mean over the real tokens),
@@ -40,6 +41,8 @@ from fairseq.models import FairseqEncoderModel, register_model
 from fairseq.utils import safe_getattr
 
 from mega_fairseq.errors import OptionError
+from mega_fairseq.models.encoder_hub import MegaEncoderHubInterface
+from mega_fairseq.models.hub_loading import load_for_hub
 from mega_fairseq.models.mega_encoder import MegaEncoder
 from mega_fairseq.models.mega_options import (
     MegaCommonConfig,
@@ -48,6 +51,7 @@ from mega_fairseq.models.mega_options import (
 )
 from mega_fairseq.models.encoder_heads import (
     HEAD_KINDS,
+    LM_HEAD_TYPES,
     MegaClassificationHead,
     MegaLMHead,
     MegaTokenHead,
@@ -117,6 +121,12 @@ class MegaEncoderModelConfig(MegaCommonConfig, MegaEncoderConfig):
     untie_lm_head: bool = field(
         default=False,
         metadata={"help": "do not tie the masked-LM output projection to the token embeddings"},
+    )
+    lm_head_type: ChoiceEnum(LM_HEAD_TYPES) = field(
+        default="dense_norm",
+        metadata={"help": "masked-LM head before its projection: 'dense_norm' (dense -> "
+                  "--activation-fn -> LayerNorm, as RoBERTa), 'dense_tanh' (dense -> tanh, the "
+                  "Hugging Face port's add_lm_hidden_dense_layer) or 'linear' (none)"},
     )
     pooler_activation_fn: ChoiceEnum(POOLER_ACTIVATIONS) = field(
         default="tanh", metadata={"help": "activation function of the classification heads"}
@@ -191,6 +201,33 @@ class MegaEncoderModel(FairseqEncoderModel):
         self._warned_ignored_token_types = False
 
     @classmethod
+    def hub_models(cls):
+        return {}
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt",
+                        data_name_or_path=".", bpe=None, **kwargs):
+        """Load a trained ``mega_encoder`` checkpoint as a
+        :class:`~mega_fairseq.models.encoder_hub.MegaEncoderHubInterface` (``encode``,
+        ``decode``, ``extract_features``, ``predict``, ``fill_mask``), in eval mode, with
+        the checkpoint's classification/token heads. ``data_name_or_path``: the folder of
+        the dictionary (relative to the model folder when it starts with '.'; with
+        sentence_prediction, the folder holding ``input0/``); ``bpe`` (e.g.
+        'sentencepiece', with ``sentencepiece_model=...``) replaces the checkpoint's
+        ``--bpe`` (None: keep it; most training runs have none, and the hub then takes
+        whitespace-separated dictionary symbols); ``kwargs`` override other saved options.
+        A checkpoint of another model type is refused with its type named."""
+        if bpe is not None:
+            kwargs["bpe"] = bpe
+        loaded = load_for_hub(cls, "a 'mega_encoder' model", model_name_or_path,
+                              checkpoint_file, data_name_or_path, load_checkpoint_heads=True,
+                              **kwargs)
+        if len(loaded["models"]) != 1:
+            raise ValueError(f"the mega_encoder hub takes one checkpoint file, got "
+                             f"{len(loaded['models'])}: {checkpoint_file}")
+        return MegaEncoderHubInterface(loaded["args"], loaded["task"], loaded["models"][0]).eval()
+
+    @classmethod
     def build_model(cls, cfg: MegaEncoderModelConfig, task):
         cfg = model_config(cfg, "mega_encoder", MegaEncoderModelConfig)
         dictionary = getattr(task, "source_dictionary", None)
@@ -213,6 +250,9 @@ class MegaEncoderModel(FairseqEncoderModel):
             raise OptionError(
                 f"--type-vocab-size must be 0 (no token types) or positive, got {cfg.type_vocab_size}"
             )
+        lm_head_type = str(safe_getattr(cfg, "lm_head_type", "dense_norm"))
+        if lm_head_type not in LM_HEAD_TYPES:
+            raise OptionError(f"--lm-head-type must be one of {list(LM_HEAD_TYPES)}, got {lm_head_type!r}")
         if not 0.0 <= cfg.pooler_dropout < 1.0:
             raise OptionError(f"--pooler-dropout must lie in [0, 1), got {cfg.pooler_dropout}")
         inner_dim = safe_getattr(cfg, "classification_head_inner_dim", None)
@@ -236,6 +276,7 @@ class MegaEncoderModel(FairseqEncoderModel):
             len(dictionary),
             str(cfg.activation_fn),
             weight=None if cfg.untie_lm_head else embed_tokens.weight,
+            head_type=lm_head_type,
         )
         return cls(cfg, encoder, lm_head)
 
@@ -309,9 +350,10 @@ class MegaEncoderModel(FairseqEncoderModel):
         return self._pool(features, extra["padding_mask"])
 
     def classify_pair(self, head_name: str, first: Dict, second: Dict) -> Tensor:
-        """Encodes the net inputs ``first`` and ``second`` (dicts with src_tokens, ...) and
-        applies the pair head ``head_name`` (registered with ``input_multiplier=4``) to
-        [u, v, u*v, |u-v|] -> B x num_classes."""
+        """Encodes the net inputs ``first`` and ``second`` (dicts with src_tokens, ...) into
+        sentence vectors u, v (B x C) and applies the pair head ``head_name`` to
+        [u, v, u*v, |u-v|] (registered with ``input_multiplier=4``) or to [u, v]
+        (``input_multiplier=2``) -> B x num_classes."""
         head = self._sentence_head(head_name, pair=True)
         u = self.sentence_representation(**first)
         v = self.sentence_representation(**second)
@@ -320,6 +362,8 @@ class MegaEncoderModel(FairseqEncoderModel):
                 f"classify_pair needs equally many first and second inputs, got {u.size(0)} "
                 f"and {v.size(0)}"
             )
+        if head.input_multiplier == 2:
+            return head(torch.cat([u, v], dim=-1))
         return head(torch.cat([u, v, u * v, torch.abs(u - v)], dim=-1))
 
     def get_normalized_probs(self, net_output, log_probs, sample=None):
@@ -351,15 +395,15 @@ class MegaEncoderModel(FairseqEncoderModel):
                                       inner_dim: Optional[int] = None, input_multiplier: int = 1,
                                       **kwargs):
         """A sentence head ``name``: B x num_classes logits of the pooled sentence vector
-        (``input_multiplier=4``: of [u, v, u*v, |u-v|] for ``classify_pair``)."""
+        (for ``classify_pair``: ``input_multiplier=4`` of [u, v, u*v, |u-v|], 2 of [u, v])."""
         if num_classes is None or num_classes <= 0:
             raise ValueError(
                 f"classification head {name!r} needs a positive num_classes, got {num_classes}"
             )
-        if input_multiplier not in (1, 4):
+        if input_multiplier not in (1, 2, 4):
             raise ValueError(
-                f"input_multiplier must be 1 (one sentence) or 4 (a pair: [u, v, u*v, |u-v|]), "
-                f"got {input_multiplier}"
+                f"input_multiplier must be 1 (one sentence), 2 (a pair: [u, v]) or 4 (a pair: "
+                f"[u, v, u*v, |u-v|]), got {input_multiplier}"
             )
         inner_dim = inner_dim or safe_getattr(self.args, "classification_head_inner_dim", None)
         store_head(self, HEAD_KINDS["classification"], name, MegaClassificationHead(
@@ -376,10 +420,10 @@ class MegaEncoderModel(FairseqEncoderModel):
 
     def _sentence_head(self, name: str, pair: bool) -> MegaClassificationHead:
         head = find_head(self, HEAD_KINDS["classification"], name)
-        if pair and head.input_multiplier != 4:
+        if pair and head.input_multiplier == 1:
             raise ValueError(
                 f"classification head {name!r} takes one sentence; classify_pair needs a head "
-                "registered with input_multiplier=4"
+                "registered with input_multiplier=4 or 2"
             )
         if not pair and head.input_multiplier != 1:
             raise ValueError(

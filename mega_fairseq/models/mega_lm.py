@@ -6,6 +6,8 @@ from typing import Optional
 from omegaconf import II
 
 from fairseq import utils
+from fairseq.dataclass import ChoiceEnum
+from fairseq.hub_utils import GeneratorHubInterface
 from fairseq.models import (
     FairseqLanguageModel,
     register_model,
@@ -16,7 +18,8 @@ from fairseq.tasks.translation import TranslationTask
 from fairseq.utils import safe_getattr
 
 from mega_fairseq.errors import OptionError
-from mega_fairseq.models.mega_decoder import MegaDecoder
+from mega_fairseq.models.hub_loading import load_for_hub
+from mega_fairseq.models.mega_decoder import DECODER_LM_HEAD_TYPES, MegaDecoder
 from mega_fairseq.models.model_building import (
     build_embedding,
     set_arch_defaults,
@@ -66,6 +69,15 @@ class MegaLanguageModelConfig(MegaCommonConfig, MegaDecoderConfig):
         default=False,
         metadata={"help": "tie the projections of adaptive softmax and adaptive input"},
     )
+    lm_head_type: ChoiceEnum(DECODER_LM_HEAD_TYPES) = field(
+        default="linear",
+        metadata={"help": "before the output projection: 'linear' (nothing) or 'dense_tanh' "
+                  "(Linear(C, C) -> tanh, the Hugging Face port's add_lm_hidden_dense_layer)"},
+    )
+    output_projection_bias: bool = field(
+        default=False,
+        metadata={"help": "a bias on the output projection (the Hugging Face port's lm_head has one)"},
+    )
     tokens_per_sample: int = II("task.tokens_per_sample")
 
 
@@ -90,7 +102,26 @@ def _cutoffs(text: Optional[str], option: str, vocab_size: int):
 
 @register_model("mega_lm", dataclass=MegaLanguageModelConfig)
 class MegaLanguageModel(FairseqLanguageModel):
-    """Decoder-only Mega: causal EMA + causal gated attention + normalized FFN blocks."""
+    """Decoder-only Mega: causal EMA + causal gated attention + normalized FFN blocks.
+
+    ``MegaLanguageModel.from_pretrained(checkpoint_dir, checkpoint_file=...)`` returns
+    fairseq's ``GeneratorHubInterface`` (``sample``, ``score``, ``generate``).
+    """
+
+    @classmethod
+    def hub_models(cls):
+        return {}
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt",
+                        data_name_or_path=".", **kwargs):
+        """Load a trained ``mega_lm`` checkpoint (``os.pathsep``-separated files: an
+        ensemble) as fairseq's ``GeneratorHubInterface``, in eval mode; ``kwargs``
+        override saved options (``bpe``, ``sentencepiece_model``, ...). A checkpoint of
+        another model type is refused with its type named."""
+        loaded = load_for_hub(cls, "a 'mega_lm' language model", model_name_or_path,
+                              checkpoint_file, data_name_or_path, **kwargs)
+        return GeneratorHubInterface(loaded["args"], loaded["task"], loaded["models"])
 
     @classmethod
     def build_model(cls, cfg: MegaLanguageModelConfig, task):
@@ -169,12 +200,25 @@ class MegaLanguageModel(FairseqLanguageModel):
                 "--adaptive-softmax-cutoff; use --adaptive-input with --tie-adaptive-weights"
             )
 
+        lm_head_type = str(safe_getattr(cfg, "lm_head_type", "linear"))
+        output_projection_bias = bool(safe_getattr(cfg, "output_projection_bias", False))
+        if lm_head_type not in DECODER_LM_HEAD_TYPES:
+            raise OptionError(f"--lm-head-type must be one of {list(DECODER_LM_HEAD_TYPES)}, "
+                              f"got {lm_head_type!r}")
+        if adaptive_softmax is not None and (lm_head_type != "linear" or output_projection_bias):
+            raise OptionError(
+                "--lm-head-type dense_tanh and --output-projection-bias cannot be used with "
+                "--adaptive-softmax-cutoff: the adaptive softmax replaces the output projection"
+            )
+
         decoder = MegaDecoder(
             settings,
             dictionary,
             embed_tokens,
             share_input_output_embed=cfg.share_decoder_input_output_embed,
             adaptive_softmax=adaptive_softmax,
+            lm_head_type=lm_head_type,
+            output_projection_bias=output_projection_bias,
         )
         return cls(decoder)
 

@@ -59,6 +59,11 @@ class MegaCommonConfig(FairseqDataclass):
         default=False,
         metadata={"help": "no learned affine parameters in the final norm of pre-norm models"},
     )
+    no_final_norm: bool = field(
+        default=False,
+        metadata={"help": "no norm after the last block of pre-norm models (the Hugging Face "
+                  "port's models have none); post-norm models never have one"},
+    )
     rel_pos_bias: ChoiceEnum(REL_POS_BIAS_TYPES) = field(
         default="simple",
         metadata={
@@ -138,6 +143,7 @@ class StackSettings:
     scale_embedding: bool = True
     normalize_embedding: bool = False
     affine_final_norm: bool = True
+    final_norm: bool = True  # a norm after the last block (pre-norm stacks only)
 
     def __post_init__(self):
         if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int) or self.num_layers <= 0:
@@ -214,4 +220,6 @@ def stack_settings(
         scale_embedding=not cfg.no_scale_embedding,
         normalize_embedding=cfg.normalize_embedding,
         affine_final_norm=not cfg.no_affine_final_norm,
+        # namespaces and config objects that predate the option lack it
+        final_norm=not getattr(cfg, "no_final_norm", False),
     )
