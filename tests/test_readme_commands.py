@@ -37,6 +37,9 @@ COVERAGE = {
     "python scripts/benchmark.py": "test_readme_commands.py::test_full_benchmark_options_parse",
     "python scripts/benchmark.py --sections layer,hf --repeats 5 --out-dir work-dirs/bench":
         "test_readme_commands.py::test_full_benchmark_options_parse",
+    **{f"python scripts/convert_checkpoint.py --source-format original "
+       f"tests/fixtures/original_mega/{name}/checkpoint.pt converted/{name}":
+       "test_readme_commands.py::test_pretrained_weights_conversions" for name in ("lm_a", "mt_a", "lra_a")},
 }
 LM_BLOCK_TEST = "test_readme_commands.py::test_language_modelling_in_brief"
 
@@ -192,6 +195,35 @@ def test_quick_benchmark_as_written(tmp_path):
     assert "## targets" in (out / "benchmark.md").read_text()
     assert (out / "benchmark.png").stat().st_size > 10_000
     assert "== targets" in completed.stdout
+
+
+def test_pretrained_weights_conversions(tmp_path):
+    """The README's conversions of the original code's checkpoints, as written: each
+    writes a folder whose model.pt the safe loader reads and whose outputs are the
+    original's (the LM's logits at real positions, within 1e-5)."""
+    import torch
+
+    root = repository_like_folder(tmp_path / "repo")
+    (root / "tests").symlink_to(REPO / "tests", target_is_directory=True)
+    blocks = [commands for heading, commands in readme_blocks(README.read_text())
+              if heading == "Pretrained weights"]
+    assert len(blocks) == 1 and len(blocks[0]) == 3, blocks
+    for command in blocks[0]:
+        run_as_written(command, root, timeout=300)
+    for name in ("lm_a", "mt_a", "lra_a"):
+        state = torch.load(root / "converted" / name / "model.pt", map_location="cpu", weights_only=True)
+        assert state["model"], name
+
+    import mega_fairseq  # noqa: F401
+    from fairseq import checkpoint_utils
+
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task([str(root / "converted" / "lm_a" / "model.pt")])
+    io = torch.load(REPO / "tests" / "fixtures" / "original_mega" / "lm_a" / "io.pt", weights_only=True)
+    tokens = io["inputs"]["src_tokens"]
+    with torch.no_grad():
+        logits = models[0].eval()(tokens)[0]
+    real = tokens.ne(1)
+    torch.testing.assert_close(logits[real], io["outputs"]["logits"][real], atol=1e-5, rtol=1e-5)
 
 
 def test_full_benchmark_options_parse():
