@@ -173,6 +173,34 @@ def test_fairseq_generate_scores_the_reference_with_the_converted_translation_mo
             assert positional[index] == pytest.approx((direct / math.log(2)).tolist(), abs=2e-4)
 
 
+def test_fairseq_interactive_translates_with_the_converted_folder(converted):
+    """The converted folder is itself the data folder fairseq-interactive needs (its
+    dict.src.txt / dict.tgt.txt); greedy output equals a direct greedy decoding under
+    fairseq's rules (no </s> first, at most --max-len-b 6 tokens, no <pad>/<unk>)."""
+    folder = converted["mt_a"]
+    source = " ".join(_words(folder / "dict.src.txt", 12)[3:9])
+    result = run_cli([console_script("fairseq-interactive"), folder, "--path", folder / "model.pt",
+                      "--user-dir", REPO / "mega_fairseq", "--source-lang", "src", "--target-lang", "tgt",
+                      "--beam", "1", "--max-len-b", "6", "--cpu"], input_text=source + "\n", env=ENV)
+    hypothesis = re.search(r"^H-0\t\S+\t(.*)$", result.stdout, re.M).group(1)
+
+    model, task = _load(folder)
+    src = task.src_dict.encode_line(source, add_if_not_exist=False).long().unsqueeze(0)
+    prev = torch.tensor([[EOS]])
+    with torch.no_grad():
+        for position in range(6):
+            step = model(src, torch.tensor([src.size(1)]), prev)[0][:, -1]
+            step[:, task.tgt_dict.pad()] = -math.inf
+            step[:, task.tgt_dict.unk()] = -math.inf
+            if position == 0:
+                step[:, EOS] = -math.inf
+            token = int(step.argmax(-1))
+            if token == EOS:
+                break
+            prev = torch.cat([prev, torch.tensor([[token]])], dim=1)
+    assert hypothesis == task.tgt_dict.string(prev[0, 1:])
+
+
 def test_fairseq_validate_evaluates_the_converted_lra_classifier(converted, tmp_path):
     folder = converted["lra_a"]
     inputs = _lines(_words(folder / "input0" / "dict.txt", 40), 8, 12, seed=6)
