@@ -385,3 +385,36 @@ def test_lm_with_adaptive_input_and_softmax_keeps_every_tensor(tmp_path):
         lprobs = converted.model.get_normalized_probs(converted.model(tokens), log_probs=True)
     assert lprobs.shape == (2, 13, 56) and torch.isfinite(lprobs).all()
     torch.testing.assert_close(lprobs.exp().sum(-1), torch.ones(2, 13))
+
+
+def test_speech_commands_raw_model_embeds_samples_as_the_original(tmp_path):
+    """The original's SC-Raw encoder is its LRA encoder with the real-number embedding
+    x * w + b over waveform samples: lra_a made into an ``sc_raw`` checkpoint must compute
+    what the verified LRA model computes with that embedding in place of its token table,
+    on the same float samples (mean pooling and the 160-wide head as the original)."""
+    generator = torch.Generator().manual_seed(9)
+    w, b = torch.randn(16, generator=generator), torch.randn(16, generator=generator) * 0.1
+
+    def speech(args, state):
+        args.task, args.arch, args.sc_all_classes, args.mfcc = "speech_commands", "mega_sc_raw", False, False
+        del state["encoder.encoder.embed_tokens.embed.weight"]
+        state["encoder.encoder.embed_tokens.weight"], state["encoder.encoder.embed_tokens.bias"] = w, b
+
+    converted = convert_original_checkpoint(str(_lra_variant(tmp_path, speech)), str(tmp_path))
+    assert converted.kind == "sc_raw" and type(converted.model).__name__ == "MegaSCRawModel"
+    assert converted.task.labels[:2] == ["yes", "no"] and len(converted.task.labels) == 10
+    token_model = convert_original_checkpoint(str(FIXTURES / "lra_a" / "checkpoint.pt"),
+                                              str(FIXTURES / "lra_a")).model
+
+    class RealNumbers(torch.nn.Module):
+        weight = torch.nn.Parameter(w.unsqueeze(-1))
+
+        def forward(self, samples):
+            return samples.unsqueeze(-1) * w + b
+
+    token_model.encoder.embed_tokens = RealNumbers()
+    samples = torch.randn(2, 10, generator=generator) * 0.5 + 2.0  # no sample equals the pad index 1
+    with torch.no_grad():
+        ours = converted.model(samples, torch.tensor([10, 10]), classification_head_name=DEFAULT_HEAD_NAME)[0]
+        expected = token_model(samples, classification_head_name=DEFAULT_HEAD_NAME)[0]
+    _assert_close(ours, expected, "speech logits")

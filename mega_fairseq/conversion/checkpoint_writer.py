@@ -29,7 +29,7 @@ def task_dictionary_files(task) -> Dict[str, Any]:
     ``dict.<lang>.txt`` (translation), ``input0/dict.txt``, ``label/dict.txt`` (and
     ``input1/dict.txt`` when paired) for the plugin's lra-text task, ``input0/dict.txt``
     (and ``label/dict.txt`` for classification) for sentence_prediction; none for
-    lra-image."""
+    lra-image and speech_commands."""
     name = type(task).__name__
     if name == "TranslationTask":
         return {f"dict.{task.cfg.source_lang}.txt": task.src_dict,
@@ -40,7 +40,7 @@ def task_dictionary_files(task) -> Dict[str, Any]:
         if task.cfg.paired:  # the second documents are binarized with the same dictionary
             files[os.path.join("input1", "dict.txt")] = task.source_dictionary
         return files
-    if name == "LRAImageTask":  # its pixel dictionary is built by the task itself
+    if name in ("LRAImageTask", "SpeechCommandsTask"):  # no dictionary files
         return {}
     if name == "SentencePredictionTask":
         files = {os.path.join("input0", "dict.txt"): task.source_dictionary}

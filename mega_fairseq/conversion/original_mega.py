@@ -1,7 +1,7 @@
 """Checkpoints of the original Mega code (facebookresearch/mega, a fork of fairseq 0.9.0)
 -> mega-fairseq models.
 
-Three model types are mapped; each has the same four steps, usable one by one by a
+Four model types are mapped; each has the same four steps, usable one by one by a
 converter script:
 
 1. :func:`load_original_checkpoint`: the checkpoint dict, loaded with
@@ -28,7 +28,12 @@ Model types (``kind``), from ``args.task`` and ``args.arch``:
   pairs (Retrieval: ``--classifier-in-dim`` twice the embedding) for ``lra-text --paired
   --pair-features concat``, pixel inputs (``--input-type image``: Image, Pathfinder,
   Path-X) for ``lra-image --pixel-input values`` with the original's
-  ``--pixel-normalization``.
+  ``--pixel-normalization``;
+* ``"sc_raw"``: ``--task speech_commands -a mega_sc_raw*`` (raw waveforms) ->
+  ``mega_sc_raw`` (``MegaSCRawModel``) for our ``speech_commands`` task with the
+  original's class list (``--sc-all-classes``: 35, else 10); the real-number sample
+  embedding ``encoder.encoder.embed_tokens.{weight,bias}`` keeps its names, blocks and
+  classifier map as for LRA.
 
 State-dict names (original -> ours), ``L`` the layer index::
 
@@ -86,7 +91,7 @@ from torch import Tensor
 from mega_fairseq.conversion.converted import ConvertedModel
 from mega_fairseq.errors import DataError, MissingDataError
 
-KINDS = ("lm", "translation", "lra")
+KINDS = ("lm", "translation", "lra", "sc_raw")
 LRA_CLS_SYMBOL = "<CLS>"
 
 
@@ -129,9 +134,11 @@ def original_kind(args: argparse.Namespace) -> str:
         return "translation"
     if task in ("lra-text", "lra-image") and arch.startswith("mega_lra"):
         return "lra"
+    if task == "speech_commands" and arch in ("sc_raw", "mega_sc_raw", "mega_sc_raw_base", "mega_sc_raw_big"):
+        return "sc_raw"
     raise ValueError(f"args.task={task!r} with args.arch={arch!r} is not a Mega model of the original code "
                      f"that can be converted (language_modeling + mega_lm*, translation + mega*, "
-                     "lra-text + mega_lra_*)")
+                     "lra-text/lra-image + mega_lra_*, speech_commands + mega_sc_raw*)")
 
 
 # ------------------------------------------------------------------ args -> cfg
@@ -348,12 +355,41 @@ def lra_head_settings(args: argparse.Namespace) -> LRAHeadSettings:
     return LRAHeadSettings(
         num_classes=int(args.sentence_class_num), inner_dim=int(args.classifier_out_dim),
         input_multiplier=int(_get(args, "classifier_in_dim", embed_dim)) // embed_dim,
-        pixels=args.input_type == "image",
+        pixels=_get(args, "input_type", "text") == "image",
         pixel_normalization=(float(normalization[0]), float(normalization[1])),
     )
 
 
-_CONFIG_BUILDERS: Dict[str, Callable] = {"lm": _lm_config, "translation": _translation_config, "lra": _lra_config}
+def _sc_raw_config(args: argparse.Namespace):
+    """The original's raw Speech Commands classifier (``sc_raw`` model) -> ``mega_sc_raw``."""
+    from mega_fairseq.models.mega_sc_raw import POOLER_ACTIVATIONS, MegaSCRawConfig
+
+    _require(args, "layer_type", ("mega", None), "only Mega layers are mapped")
+    _require(args, "sen_rep_type", ("mp", None), "only mean pooling ('mp') is mapped")
+    _require(args, "classifier_layers", (1,), "the classifier is mapped with exactly one hidden layer", 1)
+    _require(args, "mfcc", (False, None), "only raw waveforms are mapped, not MFCC features")
+    embed_dim = int(args.encoder_embed_dim)
+    if _get(args, "classifier_in_dim", embed_dim) != embed_dim:
+        _refuse("classifier_in_dim", args.classifier_in_dim, f"must equal --encoder-embed-dim ({embed_dim})")
+    return MegaSCRawConfig(
+        **_common_options(args, norm_option="norm_type", activation_dropout_option="act_dropout"),
+        encoder_embed_dim=embed_dim,
+        encoder_hidden_dim=int(args.encoder_hidden_dim),
+        encoder_z_dim=int(args.z_dim),
+        encoder_n_dim=int(args.n_dim),
+        encoder_ffn_embed_dim=int(_get(args, "encoder_ffn_embed_dim", args.encoder_hidden_dim)),
+        encoder_layers=int(args.encoder_layers),
+        encoder_chunk_size=_chunk_option(args, "chunk_size"),
+        normalize_before=bool(_get(args, "encoder_normalize_before", True)),
+        max_source_positions=int(_get(args, "max_positions", 16000)),
+        classification_head_inner_dim=int(_get(args, "classifier_out_dim", 2 * embed_dim)),
+        pooler_activation_fn=_choice(args, "classifier_activation_fn", POOLER_ACTIVATIONS, "gelu"),
+        pooler_dropout=0.0,
+    )
+
+
+_CONFIG_BUILDERS: Dict[str, Callable] = {"lm": _lm_config, "translation": _translation_config, "lra": _lra_config,
+                                         "sc_raw": _sc_raw_config}
 
 
 def config_from_original_args(args: argparse.Namespace):
@@ -491,13 +527,21 @@ def lra_state_dict(original: Mapping[str, Tensor], head_name: str,
             raise ValueError("an original image (pixel) LRA model has encoder.encoder.embed_tokens.weight "
                              f"of shape [C]; got {None if weight is None else list(weight.shape)}")
         ours["encoder.embed_tokens.value_proj.weight"] = weight.unsqueeze(-1)
+    ours.update(_classifier_state(original, head_name, head.input_multiplier))
+    return ours
+
+
+def _classifier_state(original: Mapping[str, Tensor], head_name: str, input_multiplier: int = 1) -> Dict[str, Tensor]:
+    """The original's classifier (LRA and speech models) -> our classification head
+    ``head_name`` (a zero output bias; a pair head's input columns reordered)."""
+    ours: Dict[str, Tensor] = {}
     prefix = f"classification_heads.{head_name}."
     expected = {"classifier.0.0.weight", "classifier.0.0.bias", "sentence_projection_layer.weight"}
     present = {k for k in original if k.startswith(("classifier.", "sentence_projection_layer."))}
     if present != expected:
         raise ValueError(f"the original LRA classifier must have exactly {sorted(expected)}, got {sorted(present)}")
     dense = original["classifier.0.0.weight"]
-    if head.input_multiplier == 2:
+    if input_multiplier == 2:
         second, first = dense.chunk(2, dim=1)
         dense = torch.cat([first, second], dim=1)
     ours[prefix + "dense.weight"] = dense
@@ -505,6 +549,16 @@ def lra_state_dict(original: Mapping[str, Tensor], head_name: str,
     projection = original["sentence_projection_layer.weight"]
     ours[prefix + "out_proj.weight"] = projection
     ours[prefix + "out_proj.bias"] = projection.new_zeros(projection.size(0))
+    return ours
+
+
+def sc_raw_state_dict(original: Mapping[str, Tensor], head_name: str) -> Dict[str, Tensor]:
+    """Original ``sc_raw`` state dict -> ``MegaSCRawModel``: the raw-sample embedding
+    ``x * weight + bias`` keeps its names, the blocks and classifier map as for LRA."""
+    _check_only_prefixes(original, ("encoder.encoder.", "classifier.", "sentence_projection_layer."))
+    ours = _stack_state(original, "encoder.encoder", "encoder",
+                        {"embed_tokens.weight": "embed_tokens.weight", "embed_tokens.bias": "embed_tokens.bias"})
+    ours.update(_classifier_state(original, head_name))
     return ours
 
 
@@ -519,6 +573,10 @@ def state_dict_from_original(kind: str, original: Mapping[str, Tensor], head_nam
         if head_name is None:
             raise ValueError("the LRA state dict needs the classification head name")
         return lra_state_dict(original, head_name, head)
+    if kind == "sc_raw":
+        if head_name is None:
+            raise ValueError("the speech state dict needs the classification head name")
+        return sc_raw_state_dict(original, head_name)
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
@@ -582,7 +640,27 @@ def _lra_task(args: argparse.Namespace, data_dir: str):
     return LRATextTask(cfg, source, labels)
 
 
-_TASK_BUILDERS: Dict[str, Callable] = {"lm": _lm_task, "translation": _translation_task, "lra": _lra_task}
+def _sc_raw_task(args: argparse.Namespace, data_dir: str):
+    """``speech_commands`` with the original's class list (``--sc-all-classes``: its 35
+    classes with short clips zero-padded; else its 10 with short clips dropped) and clip
+    length; the normalisation statistics come from the train split of the data it is used
+    with, as in the original."""
+    from mega_fairseq.tasks.lra_common import DEFAULT_HEAD_NAME
+    from mega_fairseq.tasks.speech_commands import SpeechCommandsConfig, SpeechCommandsTask
+
+    rate = _get(args, "sc_dropped_rate", 0.0) or 0.0
+    if rate != 0.0:
+        _refuse("sc_dropped_rate", rate, "the original's sample dropping is not mapped")
+    all_classes = bool(_get(args, "sc_all_classes", False))
+    cfg = SpeechCommandsConfig(data=data_dir, labels="sc35" if all_classes else "sc10",
+                               num_classes=int(args.sentence_class_num), clip_length=int(_get(args, "max_positions", 16000)),
+                               short_clips="pad" if all_classes else "drop",
+                               classification_head_name=DEFAULT_HEAD_NAME, seed=int(_get(args, "seed", 1)))
+    return SpeechCommandsTask.setup_task(cfg)
+
+
+_TASK_BUILDERS: Dict[str, Callable] = {"lm": _lm_task, "translation": _translation_task, "lra": _lra_task,
+                                       "sc_raw": _sc_raw_task}
 
 
 def build_original_task(args: argparse.Namespace, data_dir: str):
@@ -601,11 +679,19 @@ def build_model(kind: str, cfg, task, head: Optional[LRAHeadSettings] = None):
     if kind == "translation":
         from mega_fairseq.models.mega_translation import MegaModel
         return MegaModel.build_model(cfg, task)
-    from mega_fairseq.models.mega_encoder_model import MegaEncoderModel
     from mega_fairseq.tasks.lra_common import classification_head_name
 
     if head is None:
-        raise ValueError("an LRA model needs its head settings (lra_head_settings(args))")
+        raise ValueError("an LRA or speech model needs its head settings (lra_head_settings(args))")
+    if kind == "sc_raw":
+        from mega_fairseq.models.mega_sc_raw import MegaSCRawModel
+
+        model = MegaSCRawModel.build_model(cfg, task)
+        model.register_classification_head(classification_head_name(task.cfg), num_classes=head.num_classes,
+                                           inner_dim=head.inner_dim)
+        return model
+    from mega_fairseq.models.mega_encoder_model import MegaEncoderModel
+
     model = MegaEncoderModel.build_model(cfg, task)
     if head.pixels:
         task.use_pixel_values(model)
@@ -662,10 +748,10 @@ def convert_original_checkpoint(path: str, data_dir: str) -> ConvertedModel:
     kind = original_kind(args)
     cfg = config_from_original_args(args)
     task = build_original_task(args, data_dir)
-    head = lra_head_settings(args) if kind == "lra" else None
+    head = lra_head_settings(args) if kind in ("lra", "sc_raw") else None
     model = build_model(kind, cfg, task, head)
     head_name = None
-    if kind == "lra":
+    if kind in ("lra", "sc_raw"):
         from mega_fairseq.tasks.lra_common import classification_head_name
         head_name = classification_head_name(task.cfg)
     state = state_dict_from_original(kind, checkpoint["model"], head_name, head)
@@ -697,8 +783,13 @@ def original_notes(kind: str, args: argparse.Namespace) -> list:
             "the original counts cross-attention source positions from the start of the padded "
             "row, so with left-padded sources its relative bias depends on the padding; ours counts "
             "from the first real token (outputs equal for unpadded sources)")
-    if kind == "lra":
+    if kind in ("lra", "sc_raw"):
         notes.append(
             "the original requires inputs to be a multiple of the chunk size or at most one chunk; "
             "ours pads the last chunk and accepts any length")
+    if kind == "sc_raw":
+        notes.append(
+            "the normalisation statistics (mean, std) are computed from the train split of the data "
+            "the converted model is used with, as the original does; pass --audio-mean/--audio-std "
+            "to fix them")
     return notes
