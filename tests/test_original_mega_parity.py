@@ -418,3 +418,19 @@ def test_speech_commands_raw_model_embeds_samples_as_the_original(tmp_path):
         ours = converted.model(samples, torch.tensor([10, 10]), classification_head_name=DEFAULT_HEAD_NAME)[0]
         expected = token_model(samples, classification_head_name=DEFAULT_HEAD_NAME)[0]
     _assert_close(ours, expected, "speech logits")
+
+
+def test_tensors_that_do_not_fit_the_options_or_the_dictionary_are_refused_clearly(tmp_path):
+    def wider(args, state):
+        args.z_dim = 4  # the checkpoint's tensors have z = 8
+
+    with pytest.raises(ValueError, match=r"do not fit its own options \(args\): encoder.layers.0.self_attn.gamma \[2, 8\] \(the options make \[2, 4\]\)"):
+        convert_original_checkpoint(str(_lra_variant(tmp_path, wider)), str(FIXTURES / "lra_a"))
+    data = tmp_path / "data"
+    (data / "src-bin").mkdir(parents=True)
+    (data / "label-bin").mkdir()
+    lines = (FIXTURES / "lra_a" / "src-bin" / "dict.txt").read_text().splitlines()
+    (data / "src-bin" / "dict.txt").write_text("\n".join(lines[:-3]) + "\n")
+    (data / "label-bin" / "dict.txt").write_text((FIXTURES / "lra_a" / "label-bin" / "dict.txt").read_text())
+    with pytest.raises(ValueError, match="dictionary mismatch: .* 57 rows but .* 54 symbols"):
+        convert_original_checkpoint(str(FIXTURES / "lra_a" / "checkpoint.pt"), str(data))

@@ -737,7 +737,21 @@ def load_original_weights(model: torch.nn.Module, kind: str, state: Dict[str, Te
                             "decoder.output_projection.weight"))
     elif kind in ("lm", "translation") and cfg.share_decoder_input_output_embed:
         _check_tied(state, ("decoder.embed_tokens.weight", "decoder.output_projection.weight"))
-    model.load_state_dict(_complete_state(model, state), strict=True)
+    ours = model.state_dict()
+    for key in ("decoder.embed_tokens.weight", "encoder.embed_tokens.weight"):
+        if key in state and key in ours and state[key].size(0) != ours[key].size(0):
+            raise DataError(
+                f"dictionary mismatch: the checkpoint's {key.split('.')[0]} embedding has "
+                f"{state[key].size(0)} rows but the dictionary read from --data has {ours[key].size(0)} "
+                "symbols (fairseq's 4 specials included); point --data at the folder of the "
+                "dictionaries the model was trained with")
+    completed = _complete_state(model, state)
+    misfits = [f"{k} {list(v.shape)} (the options make {list(ours[k].shape)})"
+               for k, v in completed.items() if k in ours and v.shape != ours[k].shape]
+    if misfits:
+        raise DataError(f"the checkpoint's tensors do not fit its own options (args): "
+                        f"{'; '.join(misfits[:5])}{' ...' if len(misfits) > 5 else ''}")
+    model.load_state_dict(completed, strict=True)
 
 
 def convert_original_checkpoint(path: str, data_dir: str) -> ConvertedModel:
