@@ -4,21 +4,18 @@ dictionary files its task reads, loadable by ``fairseq-eval-lm``, ``fairseq-gene
 mega_fairseq``), and by torch's safe loader (the file holds only containers, strings,
 numbers and tensors: no pickled classes).
 
-The folder appears all at once: everything is written to a temporary folder beside it,
-which is renamed onto ``OUTPUT_DIR`` at the end (an existing non-empty folder is refused),
-so a failed conversion leaves nothing behind.
+The folder appears all at once (:mod:`~mega_fairseq.conversion.output_folder`; an existing
+non-empty folder is refused), so a failed conversion leaves nothing behind.
 """
 
 import os
-import shutil
-import tempfile
 from typing import Any, Dict
 
 import torch
 from omegaconf import OmegaConf
 
 from mega_fairseq.conversion.converted import ConvertedModel
-from mega_fairseq.errors import OptionError
+from mega_fairseq.conversion.output_folder import new_output_folder
 
 CHECKPOINT_NAME = "model.pt"
 
@@ -121,30 +118,11 @@ def write_checkpoint_folder(converted: ConvertedModel, output_dir: str) -> str:
     """Write ``output_dir``/``model.pt`` and the task's dictionary files; returns the
     checkpoint path. ``output_dir`` must not exist or be empty."""
     output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
-        raise OptionError(f"OUTPUT_DIR {output_dir} exists and is not an empty folder; choose a new "
-                          "folder (nothing was written)")
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.", suffix=".partial", dir=parent)
-    try:
+    with new_output_folder(output_dir) as temporary:
         for relative, dictionary in task_dictionary_files(converted.task).items():
             path = os.path.join(temporary, relative)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             dictionary.save(path)
         torch.save(checkpoint_state(converted, output_dir), os.path.join(temporary, CHECKPOINT_NAME))
         torch.load(os.path.join(temporary, CHECKPOINT_NAME), map_location="cpu", weights_only=True)
-        os.chmod(temporary, 0o777 & ~_umask())
-        if os.path.isdir(output_dir):
-            os.rmdir(output_dir)  # empty (checked above)
-        os.rename(temporary, output_dir)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return os.path.join(output_dir, CHECKPOINT_NAME)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

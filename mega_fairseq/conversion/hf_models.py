@@ -110,8 +110,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -119,6 +117,7 @@ import torch
 from torch import Tensor
 
 from mega_fairseq.conversion.converted import ConvertedModel
+from mega_fairseq.conversion.output_folder import new_output_folder
 from mega_fairseq.conversion.hf_mega import (
     TRANSFORMERS_REQUIREMENT,
     _refusals,
@@ -1093,17 +1092,6 @@ def _labels_for_export(model, head_name: str, task, label_dictionary) -> Tuple[L
     return names, regression
 
 
-def _new_output_folder(out_dir: str) -> Tuple[str, str]:
-    """(absolute out_dir, an empty temporary folder beside it); out_dir must be new or empty."""
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise OptionError(f"OUTPUT_DIR {out_dir} exists and is not an empty folder; choose a new folder "
-                          "(nothing was written)")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    return out_dir, tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", suffix=".partial", dir=parent)
-
-
 def _write_weights(state: Dict[str, Tensor], folder: str, safe_serialization: Optional[bool]) -> str:
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
     if safe_serialization is None:
@@ -1166,8 +1154,8 @@ def export_to_hf(converted_or_model, dictionary=None, out_dir: str = None, archi
     for note in _export_notes(model, layout):
         logger.warning("note: %s", note)
 
-    out_dir, temporary = _new_output_folder(out_dir)
-    try:
+    out_dir = os.path.abspath(out_dir)
+    with new_output_folder(out_dir) as temporary:
         with open(os.path.join(temporary, CONFIG_NAME), "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=True)
             handle.write("\n")
@@ -1176,13 +1164,6 @@ def export_to_hf(converted_or_model, dictionary=None, out_dir: str = None, archi
                       ensure_ascii=False, indent=0)
             handle.write("\n")
         _write_weights(hf_state, temporary, safe_serialization)
-        os.chmod(temporary, 0o777 & ~_umask())
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty (checked above)
-        os.rename(temporary, out_dir)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -1207,9 +1188,3 @@ def export_checkpoint_to_hf(checkpoint: str, out_dir: str, data_dir: Optional[st
         kind = "encoder" if HF_POOLER_HEAD in model.classification_heads else "masked_lm"
     converted = ConvertedModel(kind=kind, model=model, cfg=cfg.model, task=task)
     return export_to_hf(converted, task.source_dictionary, out_dir)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

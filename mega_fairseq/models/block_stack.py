@@ -3,7 +3,7 @@ optional embedding norm, embedding dropout, the blocks, and a final norm for pre
 stacks (unless ``StackSettings.final_norm`` is off)."""
 
 import math
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch.nn as nn
 from torch import Tensor
@@ -54,3 +54,19 @@ class MegaBlockStack:
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.transpose(0, 1).unsqueeze(-1), 0.0)
         return x
+
+    def run_blocks(self, x: Tensor, padding_mask: Optional[Tensor],
+                   return_all_hiddens: bool = False) -> Tuple[Tensor, List[Tensor]]:
+        """The blocks and the final norm of a non-causal stack over x (T x B x C;
+        ``padding_mask`` B x T or None), zeros at padding -> (T x B x C, [T x B x C after
+        each block] with ``return_all_hiddens``, else [])."""
+        states: List[Tensor] = []
+        for layer in self.layers:
+            x, _ = layer(x, padding_mask=padding_mask)
+            if return_all_hiddens:
+                states.append(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x, padding_mask)
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.transpose(0, 1).unsqueeze(-1), 0.0)
+        return x, states

@@ -101,15 +101,7 @@ class MegaEncoder(MegaBlockStack, FairseqEncoder):
         embedding = self.embed_scale * embedding
         x = self.block_input(embedding, layer_padding_mask)  # S x B x C
 
-        states: List[Tensor] = []
-        for layer in self.layers:
-            x, _ = layer(x, padding_mask=layer_padding_mask)
-            if return_all_hiddens:
-                states.append(x)
-        if self.final_norm is not None:
-            x = self.final_norm(x, layer_padding_mask)
-        if has_padding:
-            x = x.masked_fill(padding_mask.transpose(0, 1).unsqueeze(-1), 0.0)
+        x, states = self.run_blocks(x, layer_padding_mask, return_all_hiddens)
 
         if src_lengths is None:
             src_lengths = (~padding_mask).sum(dim=1)

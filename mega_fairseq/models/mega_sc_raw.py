@@ -230,16 +230,8 @@ class MegaRawAudioEncoder(MegaBlockStack, FairseqEncoder):
 
         embedding = self.embed_scale * self.embed_tokens(src_tokens)
         x = self.block_input(embedding, padding_mask)  # T x B x C
-        states: List[Tensor] = []
-        for layer in self.layers:
-            x, _ = layer(x, padding_mask=padding_mask)
-            if return_all_hiddens:
-                states.append(x)
-        if self.final_norm is not None:
-            x = self.final_norm(x, padding_mask)
-        if padding_mask is not None:
-            x = x.masked_fill(padding_mask.transpose(0, 1).unsqueeze(-1), 0.0)
-        else:
+        x, states = self.run_blocks(x, padding_mask, return_all_hiddens)
+        if padding_mask is None:
             padding_mask = torch.zeros(batch, length, dtype=torch.bool, device=src_tokens.device)
         if src_lengths is None:
             src_lengths = torch.full((batch,), length, dtype=torch.long, device=src_tokens.device)
