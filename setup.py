@@ -88,7 +88,7 @@ setup(
         "soundfile",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "transformers==4.40.2"],
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "transformers==4.40.2"],
         # the Hugging Face port of Mega, for comparisons (scripts/benchmarking/hf_harness.py)
         "benchmark": ["transformers==4.40.2"],
         # model.safetensors of the port's folders (scripts/convert_checkpoint.py

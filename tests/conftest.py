@@ -21,6 +21,13 @@ if str(SCRIPTS) not in sys.path:
 
 DEVICE_ENV = "MEGA_FAIRSEQ_TEST_DEVICE"
 
+# Under pytest-xdist (scripts/run_tests.sh) the workers share the cores: each one, and every
+# console script it starts, computes on one thread.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = "1"
+    torch.set_num_threads(1)
+
 
 def pytest_addoption(parser):
     parser.addoption(
