@@ -8,9 +8,8 @@ from typing import List, Optional, Tuple
 import torch.nn as nn
 from torch import Tensor
 
-from fairseq.modules import FairseqDropout
-
 from mega_fairseq.models.mega_options import StackSettings
+from mega_fairseq.modules.dropout import ElementDropout
 from mega_fairseq.modules.mega_layer import MegaLayer
 from mega_fairseq.modules.sequence_norm import SequenceNorm
 
@@ -30,7 +29,7 @@ class MegaBlockStack:
             if settings.normalize_embedding
             else None
         )
-        self.embedding_dropout = FairseqDropout(layer.dropout, module_name=type(self).__name__)
+        self.embedding_dropout = ElementDropout(layer.dropout, module_name=type(self).__name__)
         self.layers = nn.ModuleList([MegaLayer(layer) for _ in range(settings.num_layers)])
         self.final_norm = (
             SequenceNorm(layer.norm_type, embed_dim, affine=settings.affine_final_norm)

@@ -22,10 +22,10 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fairseq.modules.fairseq_dropout import FairseqDropout
 from torch import Tensor
 
 from mega_fairseq.modules.activations import ATTENTION_ACTIVATIONS, check_choice, laplace, relu2
+from mega_fairseq.modules.dropout import ElementDropout
 from mega_fairseq.modules.precision import full_precision, upcast
 
 # queries per block of a long causal window (see SingleHeadAttention.forward)
@@ -51,7 +51,7 @@ class SingleHeadAttention(nn.Module):
         self.activation = activation
         self.causal = causal
         self.scaling = zdim ** -0.5
-        self.dropout = FairseqDropout(dropout, module_name=module_name or self.__class__.__name__)
+        self.dropout = ElementDropout(dropout, module_name=module_name or self.__class__.__name__)
         # causal windows of at least four times this many queries attend block by block
         self.causal_block_size = CAUSAL_BLOCK_SIZE
 
