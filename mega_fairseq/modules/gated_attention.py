@@ -230,18 +230,19 @@ class MovingAverageGatedAttention(nn.Module):
         u, zr, hx = torch.split(self.mx_proj(mx), [self.embed_dim, self.zdim + self.hdim, self.embed_dim], dim=-1)
         u = torch.sigmoid(u)
         z, r = torch.split(F.silu(zr), [self.zdim, self.hdim], dim=-1)
-        q = z * self.gamma[0] + self.beta[0]  # T x B x zdim
-        k = z * self.gamma[1] + self.beta[1]
+        # queries and keys in one pass: T x B x 2 x zdim
+        qk = torch.addcmul(self.beta, z.unsqueeze(-2), self.gamma)
 
-        # attention works batch first: B x T x dim
-        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+        # attention works batch first: B x T x dim (views; the products read them strided)
+        q, k, v = qk[..., 0, :].transpose(0, 1), qk[..., 1, :].transpose(0, 1), v.transpose(0, 1)
         if incremental_state is not None:
             attn, weights = self._incremental_attention(q, k, v, padding_mask, incremental_state, need_weights)
         else:
             attn, weights = self._full_attention(q, k, v, padding_mask, need_weights)
-        attn = attn.transpose(0, 1)  # T x B x hdim
 
-        h = self.activation(hx + self.h_proj(self.hidden_dropout(attn * r)))
+        # gate and project batch first, where attn is contiguous: B x T x C, viewed T x B x C
+        gated = self.h_proj(self.hidden_dropout(attn * r.transpose(0, 1))).transpose(0, 1)
+        h = self.activation(hx + gated)
         h = self.dropout(h)
         out = torch.addcmul(residual, u, h - residual)  # residual + u * (h - residual)
         if not self.prenorm:
