@@ -289,8 +289,9 @@ class MultiDimensionalDampedEMA(nn.Module):
                 fft_size = 2 * seq_len
                 spectrum = self._kernel_spectrum(self._kernel_length(seq_len), fft_size, dtype)
                 mixed = _fft_convolve(signal, spectrum, fft_size)
-            out = F.silu(mixed + self.omega.to(dtype).unsqueeze(-1) * signal)
-        return out.permute(2, 0, 1).to(x.dtype)
+            # summed in the input's T x B x D layout, so that the output is contiguous there
+            out = F.silu((x.to(dtype) * self.omega.to(dtype)).add_(mixed.permute(2, 0, 1)))
+        return out.to(x.dtype)
 
     # ------------------------------------------------------ incremental decoding
     def _forward_incremental(self, signal: Tensor, incremental_state: IncrementalState) -> Tensor:
