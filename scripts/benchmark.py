@@ -18,6 +18,10 @@ Sections:
               transformer; incremental vs recomputing the prefix; per-token cost vs position
   training    fairseq-train words/s of mega_lm vs transformer_lm (512 and 2048 tokens per
               sample) and mega vs transformer (translation), matched parameters
+  lm          forward+backward time of 4-layer mega_lm vs transformer_lm (matched used
+              parameters) at widths 128/256/512 and 512 tokens (full attention), 2048
+              tokens (chunk 128), and each one's matrix-multiply FLOP/s as a fraction of
+              the fp32 matmul rate measured alongside
 
 Every section runs on the CPU; the layer section also runs on a GPU (--device cuda: the
 device is synchronised around every timed call and peak memory is CUDA's own
@@ -44,6 +48,7 @@ SECTIONS = {
     "hf": "benchmarking.hf_port",
     "generation": "benchmarking.generation",
     "training": "benchmarking.training",
+    "lm": "benchmarking.lm_step",
 }
 
 

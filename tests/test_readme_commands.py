@@ -171,7 +171,7 @@ def test_quick_benchmark_as_written(tmp_path):
     out = root / "work-dirs" / "benchmark"
     report = json.loads((out / "benchmark.json").read_text())
     assert report["quick"] is True and report["repeats"] == 1
-    assert set(report["sections"]) == {"layer", "ema", "hf", "generation", "training"}
+    assert set(report["sections"]) == {"layer", "ema", "hf", "generation", "training", "lm"}
     for name, section in report["sections"].items():
         assert section["rows"], f"section {name} produced no rows"
         assert section["targets"], f"section {name} reported no targets"
@@ -192,6 +192,8 @@ def test_quick_benchmark_as_written(tmp_path):
         assert mega["wps_median"] > 0 and transformer["wps_median"] > 0
     for row in report["sections"]["hf"]["rows"]:
         assert row["max_relative_difference"] <= 1e-5
+    lm_rows = report["sections"]["lm"]["rows"]
+    assert len(lm_rows) == 6 and all(0 < row["efficiency"] < 1 and row["matmul_gflops"] > 0 for row in lm_rows)
     assert "## targets" in (out / "benchmark.md").read_text()
     assert (out / "benchmark.png").stat().st_size > 10_000
     assert "== targets" in completed.stdout

@@ -60,5 +60,10 @@ def informative(name: str, measured: Optional[float], detail: str = "") -> Targe
                   detail, informative=True)
 
 
+def reported(name: str, measured: Optional[float], detail: str = "") -> Target:
+    """A measurement without a bar that is not a Mega-vs-baseline ratio (e.g. an efficiency)."""
+    return Target(name, measured, "(no bar)", False, detail, informative=True)
+
+
 def at_most(name: str, measured: Optional[float], bar: float, detail: str = "") -> Target:
     return Target(name, measured, f"<= {bar:.3g}", measured is not None and measured <= bar, detail)
