@@ -130,6 +130,9 @@ def machine_facts(device: str = "cpu") -> dict:
                  date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), device=device)
     if torch.device(device).type == "cuda":
         facts.update(gpu=torch.cuda.get_device_name(torch.device(device)), cuda=torch.version.cuda)
+    from benchmarking.measure import MATMUL_SIZE, matmul_gflops
+
+    facts[f"cpu_fp32_matmul_gflops_{MATMUL_SIZE}"] = round(matmul_gflops(MATMUL_SIZE), 1)
     return facts
 
 

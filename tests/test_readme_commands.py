@@ -171,6 +171,7 @@ def test_quick_benchmark_as_written(tmp_path):
     out = root / "work-dirs" / "benchmark"
     report = json.loads((out / "benchmark.json").read_text())
     assert report["quick"] is True and report["repeats"] == 1
+    assert report["machine"]["cpu_fp32_matmul_gflops_2048"] > 0  # the matmul rate recorded with every run
     assert set(report["sections"]) == {"layer", "ema", "hf", "generation", "training", "lm"}
     for name, section in report["sections"].items():
         assert section["rows"], f"section {name} produced no rows"

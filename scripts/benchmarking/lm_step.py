@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from benchmarking.candidates import VOCABULARY, lm_task, vocabulary_words, with_matched_ffn_width
-from benchmarking.measure import compare, ratio
+from benchmarking.measure import MATMUL_SIZE, compare, matmul_products, ratio
 from benchmarking.results import SectionOptions, SectionResult, at_least, informative, reported
 
 SECTION = "lm"
@@ -36,7 +36,6 @@ SEED = 1
 LAYERS = 4
 DROPOUT = 0.1
 NDIM = 16
-MATMUL_SIZE = 2048
 FORWARD_BACKWARD = 3  # FLOPs of forward + backward / forward FLOPs of a matrix product
 
 
@@ -135,20 +134,6 @@ def training_step(model: torch.nn.Module, tokens: torch.Tensor) -> Callable[[], 
         model.zero_grad(set_to_none=True)
 
     return step
-
-
-def matmul_products(size: int, count: int) -> Callable[[], None]:
-    """``count`` fp32 products of two size x size matrices."""
-    generator = torch.Generator().manual_seed(SEED)
-    a = torch.randn(size, size, generator=generator)
-    b = torch.randn(size, size, generator=generator)
-    out = torch.empty(size, size)
-
-    def products() -> None:
-        for _ in range(count):
-            torch.mm(a, b, out=out)
-
-    return products
 
 
 # ---------------------------------------------------------------- measuring

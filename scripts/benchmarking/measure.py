@@ -136,3 +136,30 @@ def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[
     if numerator is None or denominator is None or denominator <= 0:
         return None
     return numerator / denominator
+
+
+MATMUL_SIZE = 2048  # the square fp32 matrix product whose rate is "the machine's matmul rate"
+
+
+def matmul_products(size: int, count: int, seed: int = 1) -> Callable[[], None]:
+    """A call that computes ``count`` fp32 products of two random size x size matrices."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.randn(size, size, generator=generator)
+    b = torch.randn(size, size, generator=generator)
+    out = torch.empty(size, size)
+
+    def products() -> None:
+        for _ in range(count):
+            torch.mm(a, b, out=out)
+
+    return products
+
+
+def matmul_gflops(size: int = MATMUL_SIZE, repeats: int = 5) -> float:
+    """The fp32 matrix-multiply rate (GFLOP/s, 2 size³ FLOPs per product) on the CPU: the
+    median of ``repeats`` timed products after one warm-up."""
+    products = matmul_products(size, 1)
+    products()
+    return 2 * size ** 3 / statistics.median(seconds(products) for _ in range(repeats)) / 1e9
