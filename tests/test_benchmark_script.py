@@ -16,7 +16,7 @@ def test_unknown_section_is_refused_with_the_choices(tmp_path):
     )
     assert completed.returncode == 2
     assert "unknown section(s) ['speed']" in completed.stderr
-    assert "layer, ema, hf, generation, training" in completed.stderr
+    assert "layer, ema, hf, generation, training, lm" in completed.stderr
 
 
 def test_bad_repeats_is_refused(tmp_path):

@@ -184,8 +184,9 @@ def test_quick_benchmark_as_written(tmp_path):
     for row in report["sections"]["ema"]["rows"]:
         assert row["max_relative_difference"] < 1e-4
     training_rows = report["sections"]["training"]["rows"]
-    assert [row["comparison"] for row in training_rows] == [
-        "LM @ 64", "LM @ 64", "LM @ 128", "LM @ 128", "translation", "translation"]
+    assert [row["comparison"] for row in training_rows] == [label for label in (
+        "LM @ 64, width 64", "LM @ 64, mega_lm_tiny", "LM @ 128, mega_lm_tiny", "translation, width 64")
+        for _ in range(2)]
     for mega, transformer in zip(training_rows[::2], training_rows[1::2]):
         assert mega["arch"].startswith("--arch mega") and transformer["arch"].startswith("--arch transformer")
         assert abs(transformer["parameters_used"] - mega["parameters_used"]) / mega["parameters_used"] < 0.01

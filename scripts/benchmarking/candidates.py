@@ -19,16 +19,49 @@ TRANSFORMER_LM = ("--arch", "transformer_lm", "--decoder-layers", "2", "--decode
                   "--decoder-input-dim", "64", "--decoder-output-dim", "64",
                   "--decoder-attention-heads", "4", "--share-decoder-input-output-embed")
 TRANSFORMER_LM_FFN = ("--decoder-ffn-embed-dim",)
-# mega_tiny's depth (2+2 blocks) and shapes, widened to 128 (examples/translation/run_gettext_en_de.sh)
-MEGA_MT = ("--arch", "mega_tiny", "--share-all-embeddings",
-           "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
-           "--encoder-hidden-dim", "256", "--decoder-hidden-dim", "256",
-           "--encoder-ffn-embed-dim", "256", "--decoder-ffn-embed-dim", "256",
-           "--encoder-z-dim", "64", "--decoder-z-dim", "64")
-TRANSFORMER_MT = ("--arch", "transformer", "--share-all-embeddings", "--encoder-layers", "2",
-                  "--decoder-layers", "2", "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
-                  "--encoder-attention-heads", "4", "--decoder-attention-heads", "4")
 TRANSFORMER_MT_FFN = ("--encoder-ffn-embed-dim", "--decoder-ffn-embed-dim")
+
+
+def mega_sizes(sides: Tuple[str, ...], width: int) -> Tuple[str, ...]:
+    """The sizes of a ``width``-wide Mega on each of ``sides`` ("encoder", "decoder"): embed
+    C, hidden (values) 2C, FFN 2C, z C/4, EMA dims 16 (the ratios of the paper's models)."""
+    sizes = {"embed-dim": width, "hidden-dim": 2 * width, "ffn-embed-dim": 2 * width, "z-dim": width // 4,
+             "n-dim": 16}
+    return tuple(a for side in sides for name, value in sizes.items() for a in (f"--{side}-{name}", str(value)))
+
+
+def transformer_heads(width: int) -> int:
+    """Attention heads of a ``width``-wide transformer baseline: 64 dims each, at least 2."""
+    return max(2, width // 64)
+
+
+def mega_lm_options(width: int, layers: int) -> Tuple[str, ...]:
+    """``mega_lm`` of :func:`mega_sizes` with ``layers`` blocks and tied embeddings."""
+    return ("--arch", "mega_lm", "--share-decoder-input-output-embed", "--decoder-layers", str(layers),
+            *mega_sizes(("decoder",), width))
+
+
+def transformer_lm_options(width: int, layers: int) -> Tuple[str, ...]:
+    """``transformer_lm`` of the same width and depth, tied embeddings; the FFN width (the
+    options ``TRANSFORMER_LM_FFN``) is left to :func:`with_matched_ffn_width`."""
+    return ("--arch", "transformer_lm", "--decoder-layers", str(layers), "--decoder-embed-dim", str(width),
+            "--decoder-input-dim", str(width), "--decoder-output-dim", str(width),
+            "--decoder-attention-heads", str(transformer_heads(width)), "--share-decoder-input-output-embed")
+
+
+def mega_mt_options(width: int) -> Tuple[str, ...]:
+    """``mega`` translation with mega_tiny's 2+2 blocks, :func:`mega_sizes`, shared embeddings."""
+    return ("--arch", "mega", "--share-all-embeddings", "--encoder-layers", "2", "--decoder-layers", "2",
+            *mega_sizes(("encoder", "decoder"), width))
+
+
+def transformer_mt_options(width: int) -> Tuple[str, ...]:
+    """``transformer`` with 2+2 layers of the same width, shared embeddings (FFN width:
+    ``TRANSFORMER_MT_FFN``, matched)."""
+    heads = str(transformer_heads(width))
+    return ("--arch", "transformer", "--share-all-embeddings", "--encoder-layers", "2", "--decoder-layers", "2",
+            "--encoder-embed-dim", str(width), "--decoder-embed-dim", str(width),
+            "--encoder-attention-heads", heads, "--decoder-attention-heads", heads)
 
 
 def vocabulary_words() -> List[str]:

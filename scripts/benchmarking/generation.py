@@ -3,11 +3,12 @@ built in-process exactly as fairseq-train builds them from the command line, on 
 generated 1000-word dictionary.
 
 a. LM sampling through fairseq's ``SequenceGenerator`` (sampling, beam 1, a forced number
-   of new tokens after a short prompt, batch of prompts): ``mega_lm_tiny`` (full attention
-   and chunked) against a ``transformer_lm`` with the same used-parameter count.
+   of new tokens after a short prompt, batch of prompts): 2-layer ``mega_lm`` (full attention
+   and chunked) against a ``transformer_lm`` with the same used-parameter count, at widths
+   128 and 512.
 b. Translation beam 5 through ``SequenceGenerator`` with a forced output length: ``mega``
-   (mega_tiny's 2+2 blocks, 128 wide) against a ``transformer`` of the same used-parameter
-   count.
+   (mega_tiny's 2+2 blocks) against a ``transformer`` of the same used-parameter count, at
+   widths 128 and 512.
 c. Greedy decoding with ``mega_lm_tiny``'s incremental state against re-running the whole
    prefix at every step; both must produce the same tokens.
 d. Step time against position when a chunked ``mega_lm_tiny`` generates a long sequence
@@ -30,19 +31,20 @@ from tqdm import tqdm
 
 from benchmarking.candidates import (
     MEGA_LM,
-    MEGA_MT,
-    TRANSFORMER_LM,
     TRANSFORMER_LM_FFN,
-    TRANSFORMER_MT,
     TRANSFORMER_MT_FFN,
     VOCABULARY,
     lm_task,
+    mega_lm_options,
+    mega_mt_options,
     mt_task,
+    transformer_lm_options,
+    transformer_mt_options,
     vocabulary_words,
     with_matched_ffn_width,
 )
 from benchmarking.measure import alternate, compare, ratio
-from benchmarking.results import SectionOptions, SectionResult, at_least, at_most, informative
+from benchmarking.results import SectionOptions, SectionResult, at_least, at_most
 
 SECTION = "generation"
 SEED = 0
@@ -59,6 +61,10 @@ POSITION_CHUNK = 64  # chunk of the models in parts a and d
 THREADS = 1
 
 MEGA_LM_CHUNKED = MEGA_LM + ("--decoder-chunk-size", str(POSITION_CHUNK))
+LM_LAYERS = 2
+WIDTHS = (128, 512)  # of parts a and b
+QUICK_WIDTHS = (64,)
+SPEED_BAR = 1.0  # Mega's tokens/s over the transformer's, parts a and b
 
 
 @dataclass(frozen=True)
@@ -270,50 +276,58 @@ class Progress:
 
 def lm_sampling(result: SectionResult, options: SectionOptions, lm_dir: Path, sizes: Sizes,
                 warmup: int) -> None:
-    """Part a: mega_lm_tiny (full, chunked) vs the matched transformer_lm."""
+    """Part a: mega_lm (full, chunked) vs the matched transformer_lm at each width."""
     common = lm_common(lm_dir)
-    mega = build_candidate("mega_lm_tiny", common, MEGA_LM)
-    chunked = build_candidate(f"mega_lm_tiny chunk {POSITION_CHUNK}", common, MEGA_LM_CHUNKED)
-    transformer = matched_transformer("transformer_lm", common, chunked.used, TRANSFORMER_LM,
-                                      TRANSFORMER_LM_FFN)
-    candidates = [mega, chunked, transformer]
-    prompts = random_words(mega.dictionary, LM_BATCH, PROMPT_LENGTH, SEED)
-    calls = {c.label: lm_sampler(c, prompts, sizes.new_tokens) for c in candidates}
-    rows = generation_rows("LM sampling", candidates, calls, options.repeats, warmup, LM_BATCH)
-    result.rows.extend(rows)
+    for width in QUICK_WIDTHS if options.quick else WIDTHS:
+        mega_args = mega_lm_options(width, LM_LAYERS)
+        mega = build_candidate(f"mega_lm {width} wide", common, mega_args)
+        chunked = build_candidate(f"mega_lm {width} wide chunk {POSITION_CHUNK}", common,
+                                  mega_args + ("--decoder-chunk-size", str(POSITION_CHUNK)))
+        transformer = matched_transformer(f"transformer_lm {width} wide", common, chunked.used,
+                                          transformer_lm_options(width, LM_LAYERS), TRANSFORMER_LM_FFN)
+        candidates = [mega, chunked, transformer]
+        prompts = random_words(mega.dictionary, LM_BATCH, PROMPT_LENGTH, SEED)
+        calls = {c.label: lm_sampler(c, prompts, sizes.new_tokens) for c in candidates}
+        rows = generation_rows("LM sampling", candidates, calls, options.repeats, warmup, LM_BATCH)
+        result.rows.extend(rows)
+        result.notes.append(
+            f"a. LM sampling, width {width}: {LM_LAYERS} layers; transformer_lm FFN width "
+            f"{transformer.model_args[-1]} matches the chunked mega_lm's {chunked.used:,} used parameters "
+            f"({transformer.used:,}; the unchunked mega_lm has {mega.used:,}: its 'simple' relative position "
+            f"bias covers --tokens-per-sample {LM_MAX_POSITIONS} positions instead of one chunk)")
+        for row in rows[:2]:
+            result.targets.append(at_least(
+                f"LM sampling tokens/s {row['label'].split(': ')[1]} vs transformer_lm", row["speed_vs_transformer"],
+                SPEED_BAR))
     result.notes.append(
         f"a. LM sampling: batch {LM_BATCH} prompts of {PROMPT_LENGTH} tokens, {sizes.new_tokens} new "
         "tokens each (min_len = max_len), beam 1, unrestricted sampling, fairseq SequenceGenerator; "
-        f"tokens/s counts new tokens. transformer_lm: 2 layers, 64 wide (embed/input/output dims), "
-        f"4 heads, tied embeddings, FFN width {transformer.model_args[-1]} searched to match the "
-        f"chunked mega_lm_tiny's {chunked.used:,} used parameters ({transformer.used:,}; the "
-        f"unchunked mega_lm_tiny has {mega.used:,}: its 'simple' relative position bias covers "
-        f"--tokens-per-sample {LM_MAX_POSITIONS} positions instead of one chunk)")
-    for row in rows[:2]:
-        result.targets.append(informative(
-            f"LM sampling tokens/s {row['label'].split(': ')[1]} vs transformer_lm",
-            row["speed_vs_transformer"]))
+        "tokens/s counts new tokens. mega_lm: candidates.mega_sizes, tied embeddings; transformer_lm: "
+        "the same width and depth, 64-dim heads (at least 2), tied embeddings")
 
 
 def mt_beam(result: SectionResult, options: SectionOptions, mt_dir: Path, sizes: Sizes,
             warmup: int) -> None:
-    """Part b: mega (mega_tiny, 128 wide) vs the matched transformer, beam 5."""
+    """Part b: mega (2+2 blocks) vs the matched transformer, beam 5, at each width."""
     common = mt_task(mt_dir)
-    mega = build_candidate("mega (mega_tiny 128 wide)", common, MEGA_MT)
-    transformer = matched_transformer("transformer", common, mega.used, TRANSFORMER_MT,
-                                      TRANSFORMER_MT_FFN)
-    net_input = source_sentences(mega.dictionary, MT_BATCH, SOURCE_LENGTH)
-    calls = {c.label: mt_beam_search(c, net_input, sizes.mt_length) for c in (mega, transformer)}
-    rows = generation_rows("MT beam 5", [mega, transformer], calls, options.repeats, warmup, MT_BATCH)
-    result.rows.extend(rows)
+    for width in QUICK_WIDTHS if options.quick else WIDTHS:
+        mega = build_candidate(f"mega {width} wide", common, mega_mt_options(width))
+        transformer = matched_transformer(f"transformer {width} wide", common, mega.used,
+                                          transformer_mt_options(width), TRANSFORMER_MT_FFN)
+        net_input = source_sentences(mega.dictionary, MT_BATCH, SOURCE_LENGTH)
+        calls = {c.label: mt_beam_search(c, net_input, sizes.mt_length) for c in (mega, transformer)}
+        rows = generation_rows("MT beam 5", [mega, transformer], calls, options.repeats, warmup, MT_BATCH)
+        result.rows.extend(rows)
+        result.notes.append(
+            f"b. translation, width {width}: transformer FFN width {transformer.model_args[-1]} matches "
+            f"mega's {mega.used:,} used parameters ({transformer.used:,})")
+        result.targets.append(at_least(f"MT beam 5 tokens/s {mega.label} vs transformer",
+                                       rows[0]["speed_vs_transformer"], SPEED_BAR))
     result.notes.append(
         f"b. translation: batch {MT_BATCH} sources of {SOURCE_LENGTH} tokens, beam {BEAM}, output "
         f"forced to {sizes.mt_length} tokens (min_len = max_len_b); tokens/s counts the best "
-        f"hypotheses' tokens. transformer: 2+2 layers, 128 wide, 4 heads, shared embeddings, FFN "
-        f"width {transformer.model_args[-1]} searched to match mega's {mega.used:,} used parameters "
-        f"({transformer.used:,})")
-    result.targets.append(informative("MT beam 5 tokens/s mega vs transformer",
-                                      rows[0]["speed_vs_transformer"]))
+        "hypotheses' tokens. mega: 2+2 blocks of candidates.mega_sizes; transformer: 2+2 layers of the "
+        "same width, 64-dim heads (at least 2), shared embeddings")
 
 
 def incremental_vs_recompute(result: SectionResult, options: SectionOptions, lm_dir: Path,

@@ -27,7 +27,14 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from tqdm import tqdm
 
-from benchmarking.candidates import VOCABULARY, lm_task, vocabulary_words, with_matched_ffn_width
+from benchmarking.candidates import (
+    VOCABULARY,
+    lm_task,
+    mega_lm_options,
+    transformer_lm_options,
+    vocabulary_words,
+    with_matched_ffn_width,
+)
 from benchmarking.measure import MATMUL_SIZE, compare, matmul_products, ratio
 from benchmarking.results import SectionOptions, SectionResult, at_least, informative, reported
 
@@ -35,7 +42,6 @@ SECTION = "lm"
 SEED = 1
 LAYERS = 4
 DROPOUT = 0.1
-NDIM = 16
 FORWARD_BACKWARD = 3  # FLOPs of forward + backward / forward FLOPs of a matrix product
 
 
@@ -64,27 +70,18 @@ def configurations_for(quick: bool) -> List[Configuration]:
 
 
 # --------------------------------------------------------------------- models
+DROPOUTS = tuple(a for option in ("--dropout", "--attention-dropout", "--activation-dropout")
+                 for a in (option, str(DROPOUT)))
+
+
 def mega_options(config: Configuration) -> Tuple[str, ...]:
-    width = config.width
-    options = ("--arch", "mega_lm", "--share-decoder-input-output-embed", "--decoder-layers", str(LAYERS), "--decoder-embed-dim", str(width),
-               "--decoder-hidden-dim", str(2 * width), "--decoder-ffn-embed-dim", str(2 * width),
-               "--decoder-z-dim", str(width // 4), "--decoder-n-dim", str(NDIM), "--dropout", str(DROPOUT),
-               "--attention-dropout", str(DROPOUT), "--hidden-dropout", str(DROPOUT),
-               "--activation-dropout", str(DROPOUT))
-    return options + (("--decoder-chunk-size", str(config.chunk)) if config.chunk else ())
-
-
-def transformer_heads(width: int) -> int:
-    return max(2, width // 64)
+    chunk = ("--decoder-chunk-size", str(config.chunk)) if config.chunk else ()
+    return mega_lm_options(config.width, LAYERS) + DROPOUTS + ("--hidden-dropout", str(DROPOUT)) + chunk
 
 
 def transformer_options(config: Configuration) -> Tuple[str, ...]:
-    """transformer_lm's options without the FFN width (matched by :func:`build_pair`)."""
-    width = str(config.width)
-    return ("--arch", "transformer_lm", "--decoder-layers", str(LAYERS), "--decoder-embed-dim", width,
-            "--decoder-input-dim", width, "--decoder-output-dim", width,
-            "--decoder-attention-heads", str(transformer_heads(config.width)), "--share-decoder-input-output-embed",
-            "--dropout", str(DROPOUT), "--attention-dropout", str(DROPOUT), "--activation-dropout", str(DROPOUT))
+    """transformer_lm's options without the FFN width (matched in :func:`measure`)."""
+    return transformer_lm_options(config.width, LAYERS) + DROPOUTS
 
 
 def write_dictionary(work_dir: Path) -> Path:
@@ -192,7 +189,7 @@ def run(options: SectionOptions) -> SectionResult:
     result.targets = targets_for(result.rows, configs, options.quick)
     result.notes = [
         f"{LAYERS} layers, {configs[0].batch * configs[0].length} tokens per batch, training mode, dropout "
-        f"{DROPOUT}; mega_lm: hidden 2C, FFN 2C, z C/4, EMA dims {NDIM}; transformer_lm: C/64 heads (at least 2), "
+        f"{DROPOUT}; mega_lm: hidden 2C, FFN 2C, z C/4, EMA dims 16 (candidates.mega_sizes); transformer_lm: C/64 heads (at least 2), "
         "FFN width matched to Mega's used parameters; both tie input and output embeddings; "
         f"{torch.get_num_threads()} torch threads",
         "a step: forward, cross-entropy over every token, backward, zero-grad; the two models and "

@@ -3,12 +3,14 @@ against fairseq transformers with the same number of used parameters, through th
 unmodified ``fairseq-train`` console script (``--user-dir mega_fairseq``, ``--cpu``) on
 random word sequences from a 1000-word vocabulary, binarized with fairseq-preprocess.
 
-a. language modelling: ``mega_lm_tiny`` against ``transformer_lm`` at two
-   ``--tokens-per-sample`` (512: Mega with full attention; 2048: Mega chunked) with the same
-   ``--max-tokens``, so every batch holds the same number of tokens;
-b. translation: ``mega`` (mega_tiny's 2+2 blocks, 128 wide) against ``transformer``.
+a. language modelling at 512 ``--tokens-per-sample`` (Mega with full attention): 4-layer
+   ``mega_lm`` against ``transformer_lm`` at widths 256 and 512, and ``mega_lm_tiny`` (2
+   layers, 64 wide); at 2048 (Mega chunked): ``mega_lm_tiny``. Every batch holds the same
+   number of tokens (``--max-tokens``);
+b. translation: ``mega`` (mega_tiny's 2+2 blocks) against ``transformer`` at widths 128 and
+   512.
 
-Each model trains a few dozen updates per run; runs alternate between the two models
+Each model trains a few dozen updates per run (the wide models fewer); runs alternate between the two models
 (the order rotating each repetition). A run's throughput is the median ``wps`` of its
 ``train_inner`` log intervals after the first (warm-up); a model's is the median over runs.
 The transformer's FFN width is searched so that the parameters a training step uses
@@ -32,20 +34,22 @@ from tqdm import tqdm
 
 from benchmarking.candidates import (
     MEGA_LM,
-    MEGA_MT,
     TRANSFORMER_LM,
     TRANSFORMER_LM_FFN,
-    TRANSFORMER_MT,
     TRANSFORMER_MT_FFN,
     VOCABULARY,
     lm_task,
+    mega_lm_options,
+    mega_mt_options,
     mt_task,
+    transformer_lm_options,
+    transformer_mt_options,
     used_parameters,
     vocabulary_words,
     with_matched_ffn_width,
 )
 from benchmarking.measure import alternate, ratio
-from benchmarking.results import SectionOptions, SectionResult, at_least, informative
+from benchmarking.results import SectionOptions, SectionResult, Target, at_least, informative
 
 SECTION = "training"
 REPO = Path(__file__).resolve().parents[2]
@@ -60,17 +64,28 @@ OPTIMIZATION = ("--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", "1
 MT_CRITERION = ("--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1")
 
 
+WIDE_LM_LAYERS = 4
+SPEED_BAR = 1.0  # Mega's wps over the transformer's, LM at the short length and translation
+LONG_BAR = 1.5  # LM at the long length (chunked Mega)
+
+
 @dataclass(frozen=True)
 class Plan:
     """Sizes of one mode. lm_lengths: the short and long --tokens-per-sample; long_chunk:
-    Mega's --decoder-chunk-size at the long one; each run trains max_update updates, logged
-    every log_interval; the corpora hold lm_train_tokens words and mt_train_pairs pairs."""
+    Mega's --decoder-chunk-size at the long one; lm_widths, mt_widths: the widths of the
+    4-layer LMs (short length) and of the translation models; each run trains max_update
+    updates (wide_max_update for models wider than 128), logged every log_interval
+    (wide_log_interval); the corpora hold lm_train_tokens words and mt_train_pairs pairs."""
 
     lm_lengths: Tuple[int, int]
     long_chunk: int
+    lm_widths: Tuple[int, ...]
+    mt_widths: Tuple[int, ...]
     max_tokens: int
     max_update: int
     log_interval: int
+    wide_max_update: int
+    wide_log_interval: int
     lm_train_tokens: int
     mt_train_pairs: int
     preprocess_workers: int
@@ -78,22 +93,28 @@ class Plan:
 
 def plan_for(quick: bool) -> Plan:
     if quick:
-        return Plan(lm_lengths=(64, 128), long_chunk=32, max_tokens=512, max_update=3,
-                    log_interval=1, lm_train_tokens=6000, mt_train_pairs=200, preprocess_workers=1)
-    return Plan(lm_lengths=(512, 2048), long_chunk=128, max_tokens=4096, max_update=40,
-                log_interval=10, lm_train_tokens=400_000, mt_train_pairs=8000, preprocess_workers=2)
+        return Plan(lm_lengths=(64, 128), long_chunk=32, lm_widths=(64,), mt_widths=(64,), max_tokens=512,
+                    max_update=3, log_interval=1, wide_max_update=3, wide_log_interval=1,
+                    lm_train_tokens=6000, mt_train_pairs=200, preprocess_workers=1)
+    return Plan(lm_lengths=(512, 2048), long_chunk=128, lm_widths=(256, 512), mt_widths=(128, 512),
+                max_tokens=4096, max_update=40, log_interval=10, wide_max_update=15, wide_log_interval=5,
+                lm_train_tokens=400_000, mt_train_pairs=8000, preprocess_workers=2)
 
 
 @dataclass
 class Comparison:
     """One side-by-side: the data (fairseq's task options), Mega's and the baseline's model
-    options (the baseline's FFN width filled in by :func:`match_baseline`)."""
+    options (the baseline's FFN width filled in by :func:`match_baseline`), the target's bar
+    (None: reported without one) and the run length."""
 
     label: str
     task_args: Tuple[str, ...]
     mega_args: Tuple[str, ...]
     baseline_args: Tuple[str, ...]
     baseline_ffn: Tuple[str, ...]
+    bar: Optional[float]
+    max_update: int
+    log_interval: int
     extra_args: Tuple[str, ...] = ()
     tokens_per_sample: Optional[int] = None
     used: Dict[str, int] = field(default_factory=dict)
@@ -191,15 +212,29 @@ def comparisons_for(plan: Plan, lm_data: Path, mt_data: Path) -> List[Comparison
     def lm_stream(length: int) -> Tuple[str, ...]:
         return lm_task(lm_data, length) + ("--sample-break-mode", "none")
 
-    return [
-        Comparison(f"LM @ {short}", lm_stream(short), MEGA_LM, TRANSFORMER_LM, TRANSFORMER_LM_FFN,
-                   tokens_per_sample=short),
-        Comparison(f"LM @ {long}", lm_stream(long),
-                   MEGA_LM + ("--decoder-chunk-size", str(plan.long_chunk)), TRANSFORMER_LM,
-                   TRANSFORMER_LM_FFN, tokens_per_sample=long),
-        Comparison("translation", mt_task(mt_data), MEGA_MT, TRANSFORMER_MT, TRANSFORMER_MT_FFN,
-                   extra_args=MT_CRITERION),
+    def run_length(width: int) -> Tuple[int, int]:
+        return (plan.wide_max_update, plan.wide_log_interval) if width > 128 else (plan.max_update, plan.log_interval)
+
+    comparisons = [
+        Comparison(f"LM @ {short}, width {width}", lm_stream(short), mega_lm_options(width, WIDE_LM_LAYERS),
+                   transformer_lm_options(width, WIDE_LM_LAYERS), TRANSFORMER_LM_FFN, SPEED_BAR, *run_length(width),
+                   tokens_per_sample=short)
+        for width in plan.lm_widths
     ]
+    comparisons += [
+        Comparison(f"LM @ {short}, mega_lm_tiny", lm_stream(short), MEGA_LM, TRANSFORMER_LM, TRANSFORMER_LM_FFN,
+                   None, plan.max_update, plan.log_interval, tokens_per_sample=short),
+        Comparison(f"LM @ {long}, mega_lm_tiny", lm_stream(long),
+                   MEGA_LM + ("--decoder-chunk-size", str(plan.long_chunk)), TRANSFORMER_LM,
+                   TRANSFORMER_LM_FFN, LONG_BAR, plan.max_update, plan.log_interval, tokens_per_sample=long),
+    ]
+    comparisons += [
+        Comparison(f"translation, width {width}", mt_task(mt_data), mega_mt_options(width),
+                   transformer_mt_options(width), TRANSFORMER_MT_FFN, SPEED_BAR, *run_length(width),
+                   extra_args=MT_CRITERION)
+        for width in plan.mt_widths
+    ]
+    return comparisons
 
 
 def match_baseline(comparison: Comparison) -> None:
@@ -215,8 +250,8 @@ def train_command(comparison: Comparison, model_args: Tuple[str, ...], plan: Pla
                   save_dir: Path) -> List[str]:
     return [console_script("fairseq-train"), *comparison.task_args, "--user-dir",
             str(REPO / "mega_fairseq"), *model_args, *comparison.extra_args, *OPTIMIZATION,
-            "--max-tokens", str(plan.max_tokens), "--max-update", str(plan.max_update),
-            "--log-format", "json", "--log-interval", str(plan.log_interval), "--cpu",
+            "--max-tokens", str(plan.max_tokens), "--max-update", str(comparison.max_update),
+            "--log-format", "json", "--log-interval", str(comparison.log_interval), "--cpu",
             "--seed", str(SEED), "--num-workers", "0", "--disable-validation", "--no-save",
             "--save-dir", str(save_dir)]
 
@@ -279,32 +314,32 @@ def measure(comparison: Comparison, plan: Plan, repeats: int, root: Path, progre
     return rows
 
 
-def targets_for(rows: List[dict], plan: Plan) -> list:
+def targets_for(rows: List[dict], comparisons: List[Comparison]) -> List[Target]:
     ratios = {row["comparison"]: row["wps_vs_transformer"] for row in rows if row["label"].endswith(": mega")}
-    short, long = plan.lm_lengths
-    return [
-        at_least(f"LM training wps mega_lm_tiny vs transformer_lm at {short} tokens per sample",
-                 ratios[f"LM @ {short}"], 0.8, "Mega with full attention"),
-        at_least(f"LM training wps mega_lm_tiny vs transformer_lm at {long} tokens per sample",
-                 ratios[f"LM @ {long}"], 1.5, f"Mega chunked ({plan.long_chunk})"),
-        informative("translation training wps mega vs transformer", ratios["translation"]),
-    ]
+    targets = []
+    for comparison in comparisons:
+        name = f"training wps mega vs transformer, {comparison.label}"
+        measured = ratios[comparison.label]
+        targets.append(informative(name, measured) if comparison.bar is None
+                       else at_least(name, measured, comparison.bar))
+    return targets
 
 
 def notes_for(comparisons: List[Comparison], plan: Plan, repeats: int) -> List[str]:
     notes = [
         f"fairseq-train --cpu, {THREADS} thread per run (OMP_NUM_THREADS), --max-tokens "
         f"{plan.max_tokens}, adam, dropout 0.1, {plan.max_update} updates per run logged every "
-        f"{plan.log_interval}; wps = median over the intervals after the first, then over "
+        f"{plan.log_interval} ({plan.wide_max_update} every {plan.wide_log_interval} for models wider than "
+        f"128); wps = median over the intervals after the first, then over "
         f"{repeats} alternating run(s) per model; translation wps counts target tokens",
         f"data: random words from a {VOCABULARY}-word vocabulary (LM: {plan.lm_train_tokens:,} "
         f"training words, --sample-break-mode none; translation: {plan.mt_train_pairs:,} pairs "
         "of unrelated 10-50-word sentences, joined dictionary)",
-        "transformer_lm: 2 layers, 64 wide (--decoder-embed-dim/--decoder-input-dim/"
-        "--decoder-output-dim), 4 heads, tied embeddings; transformer: 2+2 layers, 128 wide, "
-        "4 heads, shared embeddings; both with the FFN width whose used-parameter count is "
-        "closest to Mega's (mega_lm_tiny: 64 wide; mega: mega_tiny widened to 128 as in "
-        "examples/translation/run_gettext_en_de.sh)",
+        f"mega_lm: {WIDE_LM_LAYERS} layers of candidates.mega_sizes (hidden 2C, FFN 2C, z C/4, EMA dims 16), tied "
+        f"embeddings; transformer_lm: the same width and depth, 64-dim heads (at least 2), tied embeddings; "
+        "mega_lm_tiny: 2 layers, 64 wide, against a 2-layer 64-wide transformer_lm with 4 heads; mega: 2+2 "
+        "blocks of candidates.mega_sizes, shared embeddings; transformer: 2+2 layers of the same width; every "
+        "baseline with the FFN width whose used-parameter count is closest to Mega's",
     ]
     for comparison in comparisons:
         notes.append(f"{comparison.label}: used parameters mega {comparison.used['mega']:,}, "
@@ -331,6 +366,6 @@ def run(options: SectionOptions) -> SectionResult:
     with tqdm(total=total_runs, desc=SECTION, disable=not options.progress) as progress:
         for comparison in comparisons:
             result.rows.extend(measure(comparison, plan, options.repeats, root, progress))
-    result.targets.extend(targets_for(result.rows, plan))
+    result.targets.extend(targets_for(result.rows, comparisons))
     result.notes.extend(notes_for(comparisons, plan, options.repeats))
     return result
