@@ -88,7 +88,9 @@ def test_lm_section_quick(tmp_path):
             # the efficiency is the achieved rate over the matmul rate of the same alternation
             assert math.isclose(row["efficiency"], row["achieved_gflops"] / row["matmul_gflops"])
         assert math.isclose(mega["speedup_vs_transformer"], transformer["median_s"] / mega["median_s"])
-    assert sum("efficiency" in target.name for target in result.targets) == 2
+    widest = max(config.width for config in configs)
+    assert sum("efficiency" in target.name for target in result.targets) == sum(c.width == widest for c in configs)
+    assert {row["dropout"] for row in result.rows} == {"dropout everywhere", "--dropout only"}
 
 
 def test_lm_section_counts_the_matrix_products_torch_runs(tmp_path):

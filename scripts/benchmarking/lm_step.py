@@ -2,9 +2,11 @@
 fairseq's ``transformer_lm`` with the same used parameters, at the sizes where most
 training happens, and how close each comes to the machine's own matrix-multiply rate.
 
-Configurations (4 layers, 4096 tokens per batch, training mode, dropout 0.1 everywhere):
-widths 128, 256 and 512 at 512 tokens per sequence (Mega with full attention), and widths
-256 and 512 at 2048 tokens (Mega with chunk 128). Mega: hidden 2C, FFN 2C, z C/4, EMA dims
+Configurations (4 layers, 4096 tokens per batch, training mode): widths 128, 256 and 512
+at 512 tokens per sequence (Mega with full attention), and widths 256 and 512 at 2048
+tokens (Mega with chunk 128), each with dropout 0.1 everywhere (embeddings, attention
+weights, hidden and FFN activations) and with ``--dropout 0.1`` only (fairseq's defaults
+leave attention and activation dropout off). Mega: hidden 2C, FFN 2C, z C/4, EMA dims
 16, tied embeddings; transformer_lm: C/64 heads (at least 2), tied embeddings, the FFN width
 searched so that its used parameters match Mega's (:mod:`benchmarking.candidates`). One
 step is the forward pass, the cross-entropy over all tokens, the backward pass and zeroing
@@ -54,34 +56,47 @@ class Configuration:
     length: int
     batch: int
     chunk: int
+    # True: dropout 0.1 on embeddings, attention weights, hidden and FFN activations (as the
+    # Mega and fairseq wiki103 presets train); False: only --dropout 0.1 (fairseq's defaults)
+    dropout_everywhere: bool = True
 
     @property
     def label(self) -> str:
         attention = f"chunk {self.chunk}" if self.chunk else "full attention"
-        return f"width {self.width}, {self.length} tokens ({attention})"
+        return f"width {self.width}, {self.length} tokens ({attention}), {self.dropout}"
+
+    @property
+    def dropout(self) -> str:
+        return "dropout everywhere" if self.dropout_everywhere else "--dropout only"
 
 
 def configurations_for(quick: bool) -> List[Configuration]:
     if quick:
-        return [Configuration(32, 64, 2, 0), Configuration(64, 64, 2, 0), Configuration(64, 128, 1, 32)]
+        return [Configuration(32, 64, 2, 0), Configuration(64, 64, 2, 0), Configuration(64, 64, 2, 0, False),
+                Configuration(64, 128, 1, 32)]
     tokens = 4096
-    return ([Configuration(width, 512, tokens // 512, 0) for width in (128, 256, 512)]
-            + [Configuration(width, 2048, tokens // 2048, 128) for width in (256, 512)])
+    return [Configuration(width, length, tokens // length, chunk, everywhere)
+            for length, chunk, widths in ((512, 0, (128, 256, 512)), (2048, 128, (256, 512)))
+            for everywhere in (True, False) for width in widths]
 
 
 # --------------------------------------------------------------------- models
-DROPOUTS = tuple(a for option in ("--dropout", "--attention-dropout", "--activation-dropout")
-                 for a in (option, str(DROPOUT)))
+def dropout_options(config: Configuration, model_options: Tuple[str, ...]) -> Tuple[str, ...]:
+    """--dropout, and with ``dropout_everywhere`` each of ``model_options``, set to DROPOUT."""
+    options = ("--dropout",) + (model_options if config.dropout_everywhere else ())
+    return tuple(a for option in options for a in (option, str(DROPOUT)))
 
 
 def mega_options(config: Configuration) -> Tuple[str, ...]:
     chunk = ("--decoder-chunk-size", str(config.chunk)) if config.chunk else ()
-    return mega_lm_options(config.width, LAYERS) + DROPOUTS + ("--hidden-dropout", str(DROPOUT)) + chunk
+    dropouts = dropout_options(config, ("--attention-dropout", "--hidden-dropout", "--activation-dropout"))
+    return mega_lm_options(config.width, LAYERS) + dropouts + chunk
 
 
 def transformer_options(config: Configuration) -> Tuple[str, ...]:
     """transformer_lm's options without the FFN width (matched in :func:`measure`)."""
-    return transformer_lm_options(config.width, LAYERS) + DROPOUTS
+    return transformer_lm_options(config.width, LAYERS) + dropout_options(
+        config, ("--attention-dropout", "--activation-dropout"))
 
 
 def write_dictionary(work_dir: Path) -> Path:
@@ -151,9 +166,10 @@ def measure(config: Configuration, work_dir: Path, repeats: int, matmul_count: i
     for kind, used in (("mega", mega_used), ("transformer", transformer_used)):
         flops = 2 * FORWARD_BACKWARD * matmul_macs_per_token(kind, config, ffn[kind]) * tokens_per_batch
         seconds = results[kind].median_s
-        label = config.label if kind == "mega" else f"width {config.width}, {config.length} tokens"
+        label = config.label if kind == "mega" else f"width {config.width}, {config.length} tokens, {config.dropout}"
         rows.append(dict(label=f"{kind}: {label}", model=kind, width=config.width, length=config.length,
-                         batch=config.batch, chunk=config.chunk, parameters_used=used, ffn=ffn[kind],
+                         batch=config.batch, chunk=config.chunk, dropout=config.dropout, parameters_used=used,
+                         ffn=ffn[kind],
                          median_s=seconds, times=results[kind].times, step_gflop=flops / 1e9,
                          achieved_gflops=flops / seconds / 1e9, matmul_gflops=rate / 1e9,
                          efficiency=flops / seconds / rate))
@@ -162,11 +178,11 @@ def measure(config: Configuration, work_dir: Path, repeats: int, matmul_count: i
 
 
 def targets_for(rows: List[dict], configs: List[Configuration], quick: bool) -> list:
-    mega_rows = {(row["width"], row["length"]): row for row in rows if row["model"] == "mega"}
+    mega_rows = {(row["width"], row["length"], row["dropout"]): row for row in rows if row["model"] == "mega"}
     widest = max(config.width for config in configs)
     targets = []
     for config in configs:
-        row = mega_rows[(config.width, config.length)]
+        row = mega_rows[(config.width, config.length, config.dropout)]
         name = f"LM fwd+bwd {config.label}: transformer time / mega time"
         if quick or config.width == 128:
             targets.append(informative(name, row["speedup_vs_transformer"]))
@@ -188,8 +204,10 @@ def run(options: SectionOptions) -> SectionResult:
         result.rows.extend(measure(config, work_dir, options.repeats, matmul_count))
     result.targets = targets_for(result.rows, configs, options.quick)
     result.notes = [
-        f"{LAYERS} layers, {configs[0].batch * configs[0].length} tokens per batch, training mode, dropout "
-        f"{DROPOUT}; mega_lm: hidden 2C, FFN 2C, z C/4, EMA dims 16 (candidates.mega_sizes); transformer_lm: C/64 heads (at least 2), "
+        f"{LAYERS} layers, {configs[0].batch * configs[0].length} tokens per batch, training mode; 'dropout "
+        f"everywhere': {DROPOUT} on embeddings, attention weights, hidden and FFN activations (the Mega and "
+        f"fairseq wiki103 presets' kind), '--dropout only': {DROPOUT} on embeddings and block outputs (fairseq's "
+        "defaults); mega_lm: hidden 2C, FFN 2C, z C/4, EMA dims 16 (candidates.mega_sizes); transformer_lm: C/64 heads (at least 2), "
         "FFN width matched to Mega's used parameters; both tie input and output embeddings; "
         f"{torch.get_num_threads()} torch threads",
         "a step: forward, cross-entropy over every token, backward, zero-grad; the two models and "

@@ -60,39 +60,50 @@ def _series(rows: List[dict], group_key: str, x_key: str, y_key: str) -> Dict[st
 
 
 def plot(results: List[SectionResult], path: Path) -> bool:
-    """Time and peak memory against sequence length (log-log) for the "layer" (encoder and
-    decoder side) and "ema" sections present; returns False when neither ran."""
+    """Log-log panels: time and peak memory against sequence length for the "layer" (encoder
+    and decoder side) and "ema" sections, and step time and matmul efficiency against width
+    for the "lm" section, where present; returns False when none of them ran."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = []  # (title, rows, group key, y key, y label)
+    length_axis = ("length", "sequence length (tokens per batch constant)")
+    panels = []  # (title, rows, group key, (x key, x label), y key, y label)
     by_name = {result.name: result for result in results}
     if "layer" in by_name:
         for side in ("encoder", "decoder"):
             rows = [row for row in by_name["layer"].rows if row["side"] == side]
-            panels.append((f"one {side} layer: forward+backward time", rows, "model", "median_s", "seconds"))
-            panels.append((f"one {side} layer: peak memory", rows, "model", "peak_mib", "MiB"))
+            panels.append((f"one {side} layer: forward+backward time", rows, "model", length_axis, "median_s", "seconds"))
+            panels.append((f"one {side} layer: peak memory", rows, "model", length_axis, "peak_mib", "MiB"))
     if "ema" in by_name:
         rows = []
         for row in by_name["ema"].rows:
             for side in ("ours", "straightforward"):
                 rows.append(dict(length=row["length"], name=f"{side} ({row['direction']})",
                                  median_s=row[f"{side}_median_s"], peak_mib=row[f"{side}_peak_mib"]))
-        panels.append(("EMA alone: forward+backward time", rows, "name", "median_s", "seconds"))
-        panels.append(("EMA alone: peak memory", rows, "name", "peak_mib", "MiB"))
+        panels.append(("EMA alone: forward+backward time", rows, "name", length_axis, "median_s", "seconds"))
+        panels.append(("EMA alone: peak memory", rows, "name", length_axis, "peak_mib", "MiB"))
+    if "lm" in by_name:
+        rows = [dict(row, curve=f"{row['model']} @ {row['length']}"
+                     + (f" (chunk {row['chunk']})" if row["model"] == "mega" and row["chunk"] else "")
+                     + f", {row['dropout']}")
+                for row in by_name["lm"].rows]
+        width_axis = ("width", "model width (4 layers, 4096 tokens per batch)")
+        panels.append(("whole LM: forward+backward time", rows, "curve", width_axis, "median_s", "seconds"))
+        panels.append(("whole LM: matmul FLOP/s / the fp32 matmul rate", rows, "curve", width_axis, "efficiency",
+                       "efficiency"))
     if not panels:
         return False
     figure, axes = plt.subplots(math.ceil(len(panels) / 2), 2, figsize=(12, 3.6 * math.ceil(len(panels) / 2)),
                                 squeeze=False)
-    for axis, (title, rows, group, y_key, y_label) in zip(axes.flat, panels):
-        for name, (lengths, values) in _series(rows, group, "length", y_key).items():
-            axis.plot(lengths, values, marker="o", label=name)
+    for axis, (title, rows, group, (x_key, x_label), y_key, y_label) in zip(axes.flat, panels):
+        for name, (xs, values) in _series(rows, group, x_key, y_key).items():
+            axis.plot(xs, values, marker="o", label=name)
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
         axis.set_title(title, fontsize=10)
-        axis.set_xlabel("sequence length (tokens per batch constant)")
+        axis.set_xlabel(x_label)
         axis.set_ylabel(y_label)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
