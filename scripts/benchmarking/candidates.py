@@ -69,6 +69,26 @@ def vocabulary_words() -> List[str]:
     return [f"w{i}" for i in range(VOCABULARY)]
 
 
+def write_dictionary(directory: Path, names: Tuple[str, ...] = ("dict.txt",)) -> Path:
+    """fairseq dictionaries of the VOCABULARY words, one file per name in ``names``, in
+    ``directory`` (all that the tasks' setup reads); returns ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = "".join(f"{word} {VOCABULARY - i}\n" for i, word in enumerate(vocabulary_words()))
+    for name in names:
+        (directory / name).write_text(lines)
+    return directory
+
+
+def build_counted(common: Tuple[str, ...], model_args: Tuple[str, ...], seed: int):
+    """(model, task, used parameters) as fairseq-train builds them, initialised from ``seed``."""
+    import torch
+    from count_parameters import build_model, count
+
+    torch.manual_seed(seed)
+    model, task = build_model(list(common), list(model_args))
+    return model, task, count(model, task)[1]
+
+
 def lm_task(data_dir: Path, tokens_per_sample: int) -> Tuple[str, ...]:
     """fairseq options of language modelling on ``data_dir``."""
     return (str(data_dir), "--task", "language_modeling", "--tokens-per-sample", str(tokens_per_sample))

@@ -34,14 +34,15 @@ from benchmarking.candidates import (
     TRANSFORMER_LM_FFN,
     TRANSFORMER_MT_FFN,
     VOCABULARY,
+    build_counted,
     lm_task,
     mega_lm_options,
     mega_mt_options,
     mt_task,
     transformer_lm_options,
     transformer_mt_options,
-    vocabulary_words,
     with_matched_ffn_width,
+    write_dictionary,
 )
 from benchmarking.measure import alternate, compare, ratio
 from benchmarking.results import SectionOptions, SectionResult, at_least, at_most
@@ -89,13 +90,8 @@ def sizes_for(quick: bool) -> Sizes:
 def write_dictionaries(work_dir: Path) -> Tuple[Path, Path]:
     """fairseq dictionaries of VOCABULARY words: ``lm/dict.txt`` and the joined
     ``mt/dict.{en,de}.txt`` (all that the tasks' setup reads). Returns (lm_dir, mt_dir)."""
-    lines = "".join(f"{word} {VOCABULARY - i}\n" for i, word in enumerate(vocabulary_words()))
-    lm_dir, mt_dir = work_dir / "generation" / "lm", work_dir / "generation" / "mt"
-    for directory, names in ((lm_dir, ["dict.txt"]), (mt_dir, ["dict.en.txt", "dict.de.txt"])):
-        directory.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            (directory / name).write_text(lines)
-    return lm_dir, mt_dir
+    return (write_dictionary(work_dir / "generation" / "lm"),
+            write_dictionary(work_dir / "generation" / "mt", ("dict.en.txt", "dict.de.txt")))
 
 
 def lm_common(lm_dir: Path) -> Tuple[str, ...]:
@@ -105,11 +101,7 @@ def lm_common(lm_dir: Path) -> Tuple[str, ...]:
 
 def build(common: Sequence[str], model_args: Sequence[str]):
     """(model in eval mode, task, used parameters) as fairseq-train builds them."""
-    from count_parameters import build_model, count
-
-    torch.manual_seed(SEED)
-    model, task = build_model(list(common), list(model_args))
-    used = count(model, task)[1]
+    model, task, used = build_counted(tuple(common), tuple(model_args), SEED)
     return model.eval(), task, used
 
 

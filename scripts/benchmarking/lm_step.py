@@ -29,12 +29,13 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from tqdm import tqdm
 
+from benchmarking import candidates
 from benchmarking.candidates import (
     VOCABULARY,
+    build_counted,
     lm_task,
     mega_lm_options,
     transformer_lm_options,
-    vocabulary_words,
     with_matched_ffn_width,
 )
 from benchmarking.measure import MATMUL_SIZE, compare, matmul_products, ratio
@@ -45,6 +46,7 @@ SEED = 1
 LAYERS = 4
 DROPOUT = 0.1
 FORWARD_BACKWARD = 3  # FLOPs of forward + backward / forward FLOPs of a matrix product
+SPECIAL_SYMBOLS = 4  # fairseq's dictionary puts <s>, <pad>, </s>, <unk> before the words
 
 
 @dataclass(frozen=True)
@@ -101,19 +103,13 @@ def transformer_options(config: Configuration) -> Tuple[str, ...]:
 
 def write_dictionary(work_dir: Path) -> Path:
     """A fairseq dictionary of VOCABULARY words in ``work_dir/lm_step`` (all the task reads)."""
-    directory = work_dir / "lm_step"
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "dict.txt").write_text("".join(f"{word} {VOCABULARY - i}\n" for i, word in enumerate(vocabulary_words())))
-    return directory
+    return candidates.write_dictionary(work_dir / "lm_step")
 
 
 def build(common: Tuple[str, ...], model_args: Tuple[str, ...]):
     """(model in training mode, used parameters) as fairseq-train builds them."""
-    from count_parameters import build_model, count
-
-    torch.manual_seed(SEED)
-    model, task = build_model(list(common), list(model_args))
-    return model.train(), count(model, task)[1]
+    model, _, used = build_counted(common, model_args, SEED)
+    return model.train(), used
 
 
 def matmul_macs_per_token(kind: str, config: Configuration, ffn_width: int) -> int:
@@ -132,7 +128,7 @@ def matmul_macs_per_token(kind: str, config: Configuration, ffn_width: int) -> i
         per_layer = 4 * width * width + 2 * config.length * width + 2 * width * ffn_width
     else:
         raise ValueError(f"unknown model kind {kind!r}: mega or transformer")
-    return LAYERS * per_layer + width * (VOCABULARY + 4)  # fairseq's dictionary adds 4 symbols
+    return LAYERS * per_layer + width * (SPECIAL_SYMBOLS + VOCABULARY)
 
 
 def training_step(model: torch.nn.Module, tokens: torch.Tensor) -> Callable[[], None]:
@@ -157,7 +153,7 @@ def measure(config: Configuration, work_dir: Path, repeats: int, matmul_count: i
     transformer, transformer_used = build(common, baseline_args)
     ffn = {"mega": 2 * config.width, "transformer": int(baseline_args[baseline_args.index("--decoder-ffn-embed-dim") + 1])}
     generator = torch.Generator().manual_seed(SEED)
-    tokens = torch.randint(4, VOCABULARY + 4, (config.batch, config.length), generator=generator)
+    tokens = torch.randint(SPECIAL_SYMBOLS, SPECIAL_SYMBOLS + VOCABULARY, (config.batch, config.length), generator=generator)
     results = compare({"mega": training_step(mega, tokens), "transformer": training_step(transformer, tokens),
                        "matmul": matmul_products(MATMUL_SIZE, matmul_count)}, repeats, memory=False)
     rate = 2 * MATMUL_SIZE ** 3 * matmul_count / results["matmul"].median_s
