@@ -10,6 +10,7 @@ from conftest import REPO, console_script, run_cli
 from lm_config_helpers import build_from_arguments, build_from_yaml, parse_command_line, write_dictionary
 from lm_helpers import build_lm, make_dictionary
 from mega_fairseq.modules.activations import ACTIVATIONS, ATTENTION_ACTIVATIONS
+from mega_fairseq.modules.layer_settings import EMA_TYPES, FFN_TYPES
 from mega_fairseq.modules.relative_position import REL_POS_BIAS_TYPES
 from mega_fairseq.modules.sequence_norm import NORM_TYPES
 
@@ -18,6 +19,8 @@ CHOICE_OPTIONS = {
     "attention-activation-fn": ATTENTION_ACTIVATIONS,
     "normalization-type": NORM_TYPES,
     "rel-pos-bias": REL_POS_BIAS_TYPES,
+    "ema-type": EMA_TYPES,
+    "ffn-type": FFN_TYPES,
 }
 TOO_LONG = "--tokens-per-sample 128 exceeds --max-target-positions 64"
 

@@ -170,13 +170,13 @@ def test_batchnorm_without_mask_matches_torch():
 
 @pytest.mark.parametrize("norm_type", NORM_TYPES)
 def test_affine_false_has_no_parameters(norm_type):
-    norm = SequenceNorm(norm_type, C, affine=False)
+    norm = SequenceNorm(norm_type, C, affine=False, num_groups=2)
     assert list(norm.parameters()) == []
     assert norm(torch.randn(T, B, C)).shape == (T, B, C)
 
 
 def test_unknown_norm_type():
-    with pytest.raises(ValueError, match=r"norm_type must be one of \['layernorm', 'scalenorm', 'rmsnorm', 'batchnorm', 'syncbatchnorm'\], got 'groupnorm'"):
+    with pytest.raises(ValueError, match=r"norm_type must be one of \['layernorm', 'scalenorm', 'rmsnorm', 'batchnorm', 'syncbatchnorm', 'timestepnorm'\], got 'groupnorm'"):
         SequenceNorm("groupnorm", C)
 
 

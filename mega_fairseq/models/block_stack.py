@@ -25,14 +25,15 @@ class MegaBlockStack:
         self.settings = settings
         self.embed_scale = math.sqrt(embed_dim) if settings.scale_embedding else 1.0
         self.embedding_norm = (
-            SequenceNorm(layer.norm_type, embed_dim, affine=layer.norm_affine)
+            SequenceNorm(layer.positionwise_norm_type, embed_dim, affine=layer.norm_affine)
             if settings.normalize_embedding
             else None
         )
         self.embedding_dropout = ElementDropout(layer.dropout, module_name=type(self).__name__)
         self.layers = nn.ModuleList([MegaLayer(layer) for _ in range(settings.num_layers)])
         self.final_norm = (
-            SequenceNorm(layer.norm_type, embed_dim, affine=settings.affine_final_norm)
+            SequenceNorm(layer.norm_type, embed_dim, affine=settings.affine_final_norm,
+                         num_groups=layer.timestep_norm_groups)
             if layer.prenorm and settings.final_norm
             else None
         )

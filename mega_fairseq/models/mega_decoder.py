@@ -15,6 +15,7 @@ from mega_fairseq.models.dictionary_fingerprint import attach_dictionary_fingerp
 from mega_fairseq.models.mega_options import StackSettings
 from mega_fairseq.models.model_building import check_checkpoint_vocabulary
 from mega_fairseq.models.padding import left_align_columns, padding_mask_or_none
+from mega_fairseq.models.segment_state import SegmentStates
 from mega_fairseq.modules.incremental import IncrementalState
 
 _STEPS_KEY = "decoded"
@@ -64,6 +65,8 @@ class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
                                       "target" if settings.layer.cross_attention else "lm")
         self.embed_tokens = embed_tokens
         self.build_stack(settings)
+        # segment-recurrent training (net_input["segment"]; see models.segment_state)
+        self.segment_states = SegmentStates()
         self.adaptive_softmax = adaptive_softmax
         self.output_dense = nn.Linear(embed_dim, embed_dim) if lm_head_type == "dense_tanh" else None
         self.output_projection = None
@@ -100,9 +103,22 @@ class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
         fairseq's SequenceGenerator passes it): only the columns not decoded yet are run
         (usually the last one, or a block of several), the prefix is never recomputed, and
         the outputs cover just those new columns.
+
+        ``segment`` (from the ``segment_language_modeling`` task, training mode only):
+        ``prev_output_tokens`` is the next segment of the streams of a stream group, run
+        from the state the group's previous segment left (see
+        :mod:`mega_fairseq.models.segment_state`).
         """
-        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state,
-                                         alignment_layer=unused.get("alignment_layer"))
+        segment = unused.get("segment")
+        if segment is not None and self.training and incremental_state is None:
+            incremental_state = self.segment_states.begin(segment, prev_output_tokens.size(0))
+            x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state,
+                                             alignment_layer=unused.get("alignment_layer"))
+            self.segment_states.end(segment, incremental_state,
+                                    skip_key=self._get_full_incremental_state_key(_STEPS_KEY))
+        else:
+            x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state,
+                                             alignment_layer=unused.get("alignment_layer"))
         if not features_only:
             x = self.output_layer(x)
         return x, extra
@@ -156,7 +172,7 @@ class MegaDecoder(MegaBlockStack, FairseqIncrementalDecoder):
         if attn is not None and enc_left_padding is not None:
             attn = left_align_columns(attn, enc_left_padding)
         if self.final_norm is not None:
-            x = self.final_norm(x, padding_mask)
+            x = self.final_norm(x, padding_mask, incremental_state)
         return x.transpose(0, 1), {"attn": [attn], "inner_states": inner_states}
 
     def output_layer(self, features: Tensor) -> Tensor:

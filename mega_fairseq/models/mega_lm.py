@@ -108,6 +108,10 @@ class MegaLanguageModel(FairseqLanguageModel):
     fairseq's ``GeneratorHubInterface`` (``sample``, ``score``, ``generate``).
     """
 
+    # the registered name and config of this model (Megalodon's subclass has its own)
+    model_name = "mega_lm"
+    config_class = MegaLanguageModelConfig
+
     @classmethod
     def hub_models(cls):
         return {}
@@ -119,18 +123,18 @@ class MegaLanguageModel(FairseqLanguageModel):
         ensemble) as fairseq's ``GeneratorHubInterface``, in eval mode; ``kwargs``
         override saved options (``bpe``, ``sentencepiece_model``, ...). A checkpoint of
         another model type is refused with its type named."""
-        loaded = load_for_hub(cls, "a 'mega_lm' language model", model_name_or_path,
+        loaded = load_for_hub(cls, f"a '{cls.model_name}' language model", model_name_or_path,
                               checkpoint_file, data_name_or_path, **kwargs)
         return GeneratorHubInterface(loaded["args"], loaded["task"], loaded["models"])
 
     @classmethod
     def build_model(cls, cfg: MegaLanguageModelConfig, task):
         cfg = model_config(
-            cfg, "mega_lm", MegaLanguageModelConfig, ("adaptive_input", "adaptive_softmax_cutoff")
+            cfg, cls.model_name, cls.config_class, ("adaptive_input", "adaptive_softmax_cutoff")
         )
         if isinstance(task, TranslationTask):
             raise OptionError(
-                "mega_lm is a decoder-only language model and cannot run the translation "
+                f"{cls.model_name} is a decoder-only language model and cannot run the translation "
                 "task; use --arch mega (or mega_tiny, mega_wmt_en_de, ...) for translation, "
                 "or --task language_modeling for this model"
             )

@@ -17,7 +17,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from mega_fairseq.errors import OptionError
 from mega_fairseq.models.option_names import option_attribute, option_name
 from mega_fairseq.modules.activations import ACTIVATIONS, ATTENTION_ACTIVATIONS
-from mega_fairseq.modules.layer_settings import InvalidSetting, MegaLayerSettings
+from mega_fairseq.modules.layer_settings import EMA_TYPES, FFN_TYPES, InvalidSetting, MegaLayerSettings
 from mega_fairseq.modules.length_options import optional_length
 from mega_fairseq.modules.relative_position import REL_POS_BIAS_TYPES
 from mega_fairseq.modules.sequence_norm import NORM_TYPES
@@ -80,6 +80,37 @@ class MegaCommonConfig(FairseqDataclass):
     )
     normalize_embedding: bool = field(
         default=False, metadata={"help": "normalize the (scaled) embeddings"}
+    )
+    # Megalodon's parts (Ma et al. 2024), each composable with the Mega blocks
+    ema_type: ChoiceEnum(EMA_TYPES) = field(
+        default="ema",
+        metadata={"help": "moving average: 'ema' (Mega's damped EMA) or 'cema' (Megalodon's "
+                  "complex EMA)"},
+    )
+    timestep_norm_groups: int = field(
+        default=16,
+        metadata={"help": "groups of --normalization-type timestepnorm (must divide the "
+                  "embedding dimension)"},
+    )
+    normalized_attention: bool = field(
+        default=False,
+        metadata={"help": "Megalodon's normalized attention: queries and keys from the "
+                  "L2-normalised shared representation (no SiLU), scores not scaled"},
+    )
+    no_update_gate: bool = field(
+        default=False,
+        metadata={"help": "no update gate: the gated attention returns residual + h "
+                  "(Megalodon) instead of residual + u * (h - residual)"},
+    )
+    two_hop_residual: bool = field(
+        default=False,
+        metadata={"help": "the FFN's residual connection is the block input (Megalodon's "
+                  "two-hop residual); needs pre-norm"},
+    )
+    ffn_type: ChoiceEnum(FFN_TYPES) = field(
+        default="mlp",
+        metadata={"help": "normalized FFN: 'mlp' (two linear layers with --activation-fn) or "
+                  "'swiglu' (silu(W1 x) * W3 x, then W2; no biases)"},
     )
 
 
@@ -210,6 +241,13 @@ def stack_settings(
             cross_max_positions=cross_max_positions,
             chunk_size=chunk,
             truncation=cfg.truncation_length,
+            # configs that predate Megalodon's options lack them
+            ema_type=getattr(cfg, "ema_type", "ema"),
+            timestep_norm_groups=getattr(cfg, "timestep_norm_groups", 16),
+            normalized_attention=bool(getattr(cfg, "normalized_attention", False)),
+            update_gate=not getattr(cfg, "no_update_gate", False),
+            two_hop_residual=bool(getattr(cfg, "two_hop_residual", False)),
+            ffn_type=getattr(cfg, "ffn_type", "mlp"),
         )
     except InvalidSetting as error:
         raise OptionError(error.naming(lambda setting: option_name(setting, side))) from None

@@ -26,6 +26,13 @@ SETTING_OPTIONS = {
     "cross_max_positions": "--max-source-positions/--max-target-positions",
     "chunk_size": "--{side}-chunk-size",
     "truncation": "--truncation-length",
+    "prenorm": "--normalize-before",
+    "ema_type": "--ema-type",
+    "timestep_norm_groups": "--timestep-norm-groups",
+    "normalized_attention": "--normalized-attention",
+    "update_gate": "--no-update-gate",
+    "two_hop_residual": "--two-hop-residual",
+    "ffn_type": "--ffn-type",
 }
 # StackSettings field -> option
 STACK_OPTIONS = {"num_layers": "--{side}-layers"}

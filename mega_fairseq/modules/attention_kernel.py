@@ -37,7 +37,8 @@ class SingleHeadAttention(nn.Module):
     """Attention of N windows of queries on their keys (no parameters).
 
     Args:
-        zdim: dimension of queries and keys (the softmax scale is zdim ** -0.5).
+        zdim: dimension of queries and keys (the softmax scale is zdim ** -0.5 unless
+            ``scaling`` is given).
         activation: ``softmax``, ``laplace`` or ``relu2``.
         dropout: dropout on the attention weights.
         causal: a query sees only keys at its own or earlier positions.
@@ -45,12 +46,13 @@ class SingleHeadAttention(nn.Module):
     """
 
     def __init__(self, zdim: int, activation: str = "softmax", dropout: float = 0.0,
-                 causal: bool = False, module_name: Optional[str] = None):
+                 causal: bool = False, module_name: Optional[str] = None,
+                 scaling: Optional[float] = None):
         super().__init__()
         check_choice("attention_activation", activation, ATTENTION_ACTIVATIONS)
         self.activation = activation
         self.causal = causal
-        self.scaling = zdim ** -0.5
+        self.scaling = zdim ** -0.5 if scaling is None else scaling
         self.dropout = ElementDropout(dropout, module_name=module_name or self.__class__.__name__)
         # causal windows of at least four times this many queries attend block by block
         self.causal_block_size = CAUSAL_BLOCK_SIZE

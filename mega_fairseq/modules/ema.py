@@ -35,9 +35,17 @@ def _check_positive_int(option: str, value) -> None:
         raise ValueError(f"{option} must be a positive integer, got {value!r}")
 
 
+def real_part(t: Tensor) -> Tensor:
+    """t itself for a real tensor, its real part for a complex one."""
+    return t.real if t.is_complex() else t
+
+
 class EMACoefficients(NamedTuple):
     """Per (channel, EMA dimension) factors of the recurrence, each D' x N:
-    h_t = decay * h_{t-1} + input_weight * x_t and y_t = sum_n output_weight * h_t."""
+    h_t = decay * h_{t-1} + input_weight * x_t and y_t = Re(sum_n output_weight * h_t).
+
+    Real for Mega's EMA; complex (log_decay = log|q| + i theta, complex output weights) for
+    Megalodon's complex EMA, whose kernel and outputs are the real parts."""
 
     input_weight: Tensor  # p * beta
     log_decay: Tensor  # log q
@@ -45,7 +53,8 @@ class EMACoefficients(NamedTuple):
 
     def decay_powers(self, start: int, length: int) -> Tensor:
         """q^t for t = start .. start + length - 1: D' x N x length."""
-        steps = torch.arange(start, start + length, dtype=self.log_decay.dtype, device=self.log_decay.device)
+        steps = torch.arange(start, start + length, dtype=self.log_decay.real.dtype,
+                             device=self.log_decay.device)
         # exp(t log q) never overflows and stays accurate for q close to 1
         return torch.exp(self.log_decay.unsqueeze(-1) * steps)
 
@@ -61,18 +70,23 @@ class EMACoefficients(NamedTuple):
         weight = self.output_weight * self.input_weight  # D' x N
         block = max(1, math.isqrt(max(length - 1, 0)) + 1)  # S >= sqrt(length)
         num_blocks = -(-length // block)  # J
-        block_starts = start + block * torch.arange(num_blocks, dtype=self.log_decay.dtype,
+        block_starts = start + block * torch.arange(num_blocks, dtype=self.log_decay.real.dtype,
                                                     device=self.log_decay.device)
         outer = weight.unsqueeze(-1) * torch.exp(self.log_decay.unsqueeze(-1) * block_starts)  # D' x N x J
         inner = self.decay_powers(0, block)  # D' x N x S
         blocks = torch.bmm(outer.transpose(1, 2), inner)  # D' x J x S
-        return blocks.reshape(weight.size(0), num_blocks * block)[:, :length]
+        return real_part(blocks.reshape(weight.size(0), num_blocks * block)[:, :length])
 
     def kernel_direct(self, start: int, length: int) -> Tensor:
         """:meth:`kernel` computed term by term from q^t (D' x N x length); the reference the
         factorised form is tested against."""
         weight = self.output_weight * self.input_weight  # D' x N
-        return torch.einsum("dn,dnt->dt", weight, self.decay_powers(start, length))
+        return real_part(torch.einsum("dn,dnt->dt", weight, self.decay_powers(start, length)))
+
+    @property
+    def state_dtype(self) -> torch.dtype:
+        """The dtype of the recurrent state h (complex for a complex EMA)."""
+        return torch.promote_types(self.log_decay.dtype, self.output_weight.dtype)
 
 
 def _circular_kernel(forward_kernel: Tensor, backward_kernel: Optional[Tensor], fft_size: int) -> Tensor:
@@ -136,15 +150,23 @@ class MultiDimensionalDampedEMA(nn.Module):
         self.truncation = optional_length("truncation", truncation)
         self.scale = math.sqrt(1.0 / ndim)
 
-        rows = 2 * embed_dim if self.bidirectional else embed_dim
-        self.delta = nn.Parameter(torch.empty(rows, ndim, 1))
-        self.alpha = nn.Parameter(torch.empty(rows, ndim, 1))
-        self.beta = nn.Parameter(torch.empty(rows, ndim, 1))
-        self.gamma = nn.Parameter(torch.empty(rows, ndim))
+        self.rows = 2 * embed_dim if self.bidirectional else embed_dim
+        self.delta = nn.Parameter(torch.empty(self.rows, ndim, 1))
+        self.alpha = nn.Parameter(torch.empty(self.rows, ndim, 1))
+        self.beta = nn.Parameter(torch.empty(self.rows, ndim, 1))
+        self.gamma = nn.Parameter(torch.empty(self.output_weight_shape()))
         self.omega = nn.Parameter(torch.empty(embed_dim))
         self._kernel_cache: "OrderedDict[tuple, Tensor]" = OrderedDict()
         self._cache_stamp: Optional[tuple] = None
+        self.create_extra_parameters()
         self.reset_parameters()
+
+    def output_weight_shape(self) -> Tuple[int, ...]:
+        """The shape of ``gamma``: D' x N."""
+        return (self.rows, self.ndim)
+
+    def create_extra_parameters(self) -> None:
+        """Parameters beyond Mega's (none here)."""
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
@@ -184,8 +206,13 @@ class MultiDimensionalDampedEMA(nn.Module):
     def _decoding_coefficients(self, dtype: torch.dtype) -> EMACoefficients:
         """:meth:`coefficients` for incremental decoding: memoised in eval mode like the
         kernels, so that a decoding step does not recompute them."""
-        stacked = self._cached(("coefficients", dtype), lambda: torch.stack(self.coefficients(dtype)))
-        return EMACoefficients(*stacked.unbind(0))
+
+        def stacked() -> Tensor:
+            factors = self.coefficients(dtype)
+            common = factors.state_dtype
+            return torch.stack([factor.to(common) for factor in factors])
+
+        return EMACoefficients(*self._cached(("coefficients", dtype), stacked).unbind(0))
 
     def kernel(self, length: int) -> Tensor:
         """The EMA kernel k[d, t] for lags t = 0..length-1 (not truncated): D' x length, in
@@ -305,10 +332,10 @@ class MultiDimensionalDampedEMA(nn.Module):
         batch_size, channels, length = signal.shape
         saved = self.get_incremental_state(incremental_state, "ema_state") or {}
         state = saved.get("prev_state")
-        if state is None:
-            state = signal.new_zeros(batch_size, channels, self.ndim)
-        state = state.to(signal.dtype)
         coefficients = self._decoding_coefficients(signal.dtype)
+        if state is None:
+            state = signal.new_zeros(batch_size, channels, self.ndim, dtype=coefficients.state_dtype)
+        state = state.to(coefficients.state_dtype)
 
         leaving = None  # B x D x L inputs x_{t-W}, None when none has left the window
         new_state: Dict[str, Optional[Tensor]] = {}
@@ -334,13 +361,14 @@ class MultiDimensionalDampedEMA(nn.Module):
 
     def _step(self, signal: Tensor, leaving: Optional[Tensor], state: Tensor,
               coefficients: EMACoefficients) -> Tuple[Tensor, Tensor]:
-        """One token: signal, leaving B x D x 1; state B x D x N -> (output B x D x 1, state)."""
+        """One token: signal, leaving B x D x 1; state B x D x N -> (output B x D x 1, state).
+        (state complex for a complex EMA, the output real.)"""
         update = signal  # B x D x 1, broadcasts over N
         if leaving is not None:
             decay_window = coefficients.decay_powers(self.truncation, 1).squeeze(-1)  # D x N
             update = signal - decay_window * leaving
         state = coefficients.log_decay.exp() * state + coefficients.input_weight * update
-        output = (coefficients.output_weight * state).sum(-1, keepdim=True)
+        output = real_part((coefficients.output_weight * state).sum(-1, keepdim=True))
         return output, state
 
     def _block(self, signal: Tensor, leaving: Optional[Tensor], state: Tensor,
@@ -356,21 +384,23 @@ class MultiDimensionalDampedEMA(nn.Module):
         fft_size = 2 * length
         decay = coefficients.decay_powers(1, length)  # D x N x L: q^t, t = 1..L
         # contribution of the incoming state, decayed by q^t
-        output = torch.einsum("dnt,bdn->bdt", coefficients.output_weight.unsqueeze(-1) * decay, state)
+        decayed_output_weight = coefficients.output_weight.unsqueeze(-1) * decay
+        output = real_part(torch.einsum("dnt,bdn->bdt", decayed_output_weight, state))
         spectrum = torch.fft.rfft(_circular_kernel(coefficients.kernel(0, length), None, fft_size))
         output = output + _fft_convolve(signal, spectrum, fft_size)
 
         # q^{L-j}, j = 1..L
         decay_to_end = coefficients.decay_powers(0, length).flip(-1)
         input_to_end = coefficients.input_weight.unsqueeze(-1) * decay_to_end  # D x N x L
-        new_state = decay[..., -1] * state + torch.einsum("dnj,bdj->bdn", input_to_end, signal)
+        new_state = decay[..., -1] * state + torch.einsum("dnj,bdj->bdn", input_to_end, signal.to(state.dtype))
         if leaving is not None:
             window = self.truncation
             late_kernel = coefficients.kernel(window, length)  # lags W..W+L-1
             late_spectrum = torch.fft.rfft(_circular_kernel(late_kernel, None, fft_size))
             output = output - _fft_convolve(leaving, late_spectrum, fft_size)
             decay_window = coefficients.decay_powers(window, 1)  # D x N x 1
-            new_state = new_state - torch.einsum("dnj,bdj->bdn", input_to_end * decay_window, leaving)
+            new_state = new_state - torch.einsum("dnj,bdj->bdn", input_to_end * decay_window,
+                                                 leaving.to(state.dtype))
         return output, new_state
 
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:

@@ -15,6 +15,16 @@ With residual = x (T x B x C) and x normalised first when pre-norm:
 attention(q, k, v) is :class:`~mega_fairseq.modules.attention_kernel.SingleHeadAttention`
 (softmax, laplace or relu^2 weights) with a relative positional bias over positions inside
 the attention window (the chunk when chunked).
+
+Megalodon's variants (Ma et al. 2024, arXiv 2404.08801), each a switch:
+
+* ``ema_type='cema'``: the complex EMA (:mod:`mega_fairseq.modules.complex_ema`);
+* ``normalized_attention``: z is not activated but L2-normalised over its zdim channels,
+  q, k = z / |z| * gamma + beta (gamma starts at 1), and softmax scores are not scaled by
+  zdim ** -0.5 (Eqs. 5-9);
+* ``update_gate=False``: no u; out = residual + h;
+* ``norm_type='timestepnorm'``: the input norm is cumulative over time, and carries its
+  statistics in the incremental state.
 """
 
 import math
@@ -28,6 +38,7 @@ from torch import Tensor
 
 from mega_fairseq.modules.activations import get_activation_fn
 from mega_fairseq.modules.attention_kernel import SingleHeadAttention
+from mega_fairseq.modules.complex_ema import ComplexMultiDimensionalDampedEMA
 from mega_fairseq.modules.dropout import build_dropout
 from mega_fairseq.modules.ema import MultiDimensionalDampedEMA
 from mega_fairseq.modules.incremental import IncrementalState
@@ -41,6 +52,10 @@ ATTENTION_STATE = "attention_state"
 PREV_KEY = "prev_key"
 PREV_VALUE = "prev_value"
 PREV_KEY_PADDING_MASK = "prev_key_padding_mask"
+
+EMA_CLASSES = {"ema": MultiDimensionalDampedEMA, "cema": ComplexMultiDimensionalDampedEMA}
+# |z| below this is treated as this (normalized attention)
+_MIN_Z_NORM = 1e-6
 
 
 def _check_positive(option: str, value) -> None:
@@ -95,6 +110,9 @@ class MovingAverageGatedAttention(nn.Module):
         rel_pos_bias: ``simple`` or ``rotary`` relative positional bias.
         max_positions: the largest attention window (sequence or chunk) the simple bias
             supports.
+        ema_type, timestep_norm_groups, normalized_attention, update_gate: Megalodon's
+            variants (see the module docstring; ``timestep_norm_groups`` is used by the
+            timestep norm only).
     """
 
     def __init__(
@@ -118,8 +136,14 @@ class MovingAverageGatedAttention(nn.Module):
         feature_dropout: bool = False,
         rel_pos_bias: str = "simple",
         max_positions: int = 1024,
+        ema_type: str = "ema",
+        timestep_norm_groups: int = 16,
+        normalized_attention: bool = False,
+        update_gate: bool = True,
     ):
         super().__init__()
+        if ema_type not in EMA_CLASSES:
+            raise ValueError(f"ema_type must be one of {list(EMA_CLASSES)}, got {ema_type!r}")
         for option, value in (("embed_dim", embed_dim), ("zdim", zdim), ("hdim", hdim),
                               ("ndim", ndim), ("max_positions", max_positions)):
             _check_positive(option, value)
@@ -147,18 +171,24 @@ class MovingAverageGatedAttention(nn.Module):
         self.prenorm = prenorm
         self.attention_activation = attention_activation
         self.max_positions = max_positions
+        self.ema_type = ema_type
+        self.normalized_attention = normalized_attention
+        self.update_gate = update_gate
 
         self.activation = get_activation_fn(activation)
         self.dropout = build_dropout(dropout, feature_dropout, self.__class__.__name__)
         self.hidden_dropout = build_dropout(hidden_dropout, feature_dropout, self.__class__.__name__)
         self.attention = SingleHeadAttention(zdim, attention_activation, attention_dropout, causal,
-                                             module_name=self.__class__.__name__)
+                                             module_name=self.__class__.__name__,
+                                             scaling=1.0 if normalized_attention else None)
 
-        self.norm = SequenceNorm(norm_type, embed_dim, affine=norm_affine)
-        self.ema = MultiDimensionalDampedEMA(embed_dim, ndim=ndim, bidirectional=bidirectional,
-                                             truncation=truncation)
+        self.norm = SequenceNorm(norm_type, embed_dim, affine=norm_affine, num_groups=timestep_norm_groups)
+        self.ema = EMA_CLASSES[ema_type](embed_dim, ndim=ndim, bidirectional=bidirectional,
+                                         truncation=truncation)
         self.v_proj = nn.Linear(embed_dim, hdim)
-        self.mx_proj = nn.Linear(embed_dim, embed_dim + zdim + hdim + embed_dim)
+        # -> [u (update gate),] z, r, hx
+        self.gate_dim = embed_dim if update_gate else 0
+        self.mx_proj = nn.Linear(embed_dim, self.gate_dim + zdim + hdim + embed_dim)
         self.h_proj = nn.Linear(hdim, embed_dim)
         # row 0 turns z into queries, row 1 into keys
         self.gamma = nn.Parameter(torch.empty(2, zdim))
@@ -176,14 +206,20 @@ class MovingAverageGatedAttention(nn.Module):
             causal=s.causal, bidirectional=s.bidirectional, chunk_size=s.chunk_size,
             truncation=s.truncation, norm_type=s.norm_type, prenorm=s.prenorm,
             norm_affine=s.norm_affine, feature_dropout=s.feature_dropout,
-            rel_pos_bias=s.rel_pos_bias, max_positions=s.max_positions,
+            rel_pos_bias=s.rel_pos_bias, max_positions=s.max_positions, ema_type=s.ema_type,
+            timestep_norm_groups=s.timestep_norm_groups,
+            normalized_attention=s.normalized_attention, update_gate=s.update_gate,
         )
 
     def reset_parameters(self, std: float = 0.02) -> None:
         for linear in (self.v_proj, self.mx_proj, self.h_proj):
             nn.init.normal_(linear.weight, mean=0.0, std=std)
             nn.init.zeros_(linear.bias)
-        nn.init.normal_(self.gamma, mean=0.0, std=std)
+        if self.normalized_attention:
+            # z / |z| has unit length: gamma starts as the identity scale
+            nn.init.ones_(self.gamma)
+        else:
+            nn.init.normal_(self.gamma, mean=0.0, std=std)
         nn.init.zeros_(self.beta)
 
     @property
@@ -222,14 +258,18 @@ class MovingAverageGatedAttention(nn.Module):
 
         residual = x
         if self.prenorm:
-            x = self.norm(x, padding_mask)
+            x = self.norm(x, padding_mask, incremental_state)
 
         v = self.activation(self.v_proj(x))  # T x B x hdim
         mx = self.ema(x, padding_mask, incremental_state)  # T x B x C
         mx = self.dropout(mx)
-        u, zr, hx = torch.split(self.mx_proj(mx), [self.embed_dim, self.zdim + self.hdim, self.embed_dim], dim=-1)
-        u = torch.sigmoid(u)
-        z, r = torch.split(F.silu(zr), [self.zdim, self.hdim], dim=-1)
+        u, zr, hx = torch.split(self.mx_proj(mx), [self.gate_dim, self.zdim + self.hdim, self.embed_dim], dim=-1)
+        if self.normalized_attention:
+            z, r = torch.split(zr, [self.zdim, self.hdim], dim=-1)
+            r = F.silu(r)
+            z = z / torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp(min=_MIN_Z_NORM)
+        else:
+            z, r = torch.split(F.silu(zr), [self.zdim, self.hdim], dim=-1)
         # queries and keys in one pass: T x B x 2 x zdim
         qk = torch.addcmul(self.beta, z.unsqueeze(-2), self.gamma)
 
@@ -244,9 +284,12 @@ class MovingAverageGatedAttention(nn.Module):
         gated = self.h_proj(self.hidden_dropout(attn * r.transpose(0, 1))).transpose(0, 1)
         h = self.activation(hx + gated)
         h = self.dropout(h)
-        out = torch.addcmul(residual, u, h - residual)  # residual + u * (h - residual)
+        if self.update_gate:
+            out = torch.addcmul(residual, torch.sigmoid(u), h - residual)  # residual + u * (h - residual)
+        else:
+            out = residual + h
         if not self.prenorm:
-            out = self.norm(out, padding_mask)
+            out = self.norm(out, padding_mask, incremental_state)
         return out, weights
 
     # ---------------------------------------------------------------- attention
@@ -375,4 +418,5 @@ class MovingAverageGatedAttention(nn.Module):
         return (f"embed_dim={self.embed_dim}, zdim={self.zdim}, hdim={self.hdim}, ndim={self.ndim}, "
                 f"attention_activation={self.attention_activation}, causal={self.causal}, "
                 f"bidirectional={self.bidirectional}, chunk_size={self.chunk_size}, "
-                f"truncation={self.truncation}, prenorm={self.prenorm}")
+                f"truncation={self.truncation}, prenorm={self.prenorm}, ema_type={self.ema_type}, "
+                f"normalized_attention={self.normalized_attention}, update_gate={self.update_gate}")

@@ -69,7 +69,7 @@ class GatedCrossAttention(nn.Module):
         return cls(
             s.embed_dim, s.zdim, dropout=s.dropout, attention_dropout=s.attention_dropout,
             hidden_dropout=s.hidden_dropout, activation=s.activation,
-            attention_activation=s.attention_activation, norm_type=s.norm_type,
+            attention_activation=s.attention_activation, norm_type=s.positionwise_norm_type,
             prenorm=s.prenorm, norm_affine=s.norm_affine, feature_dropout=s.feature_dropout,
             rel_pos_bias=s.rel_pos_bias, max_positions=s.cross_max_positions or s.max_positions,
         )

@@ -14,15 +14,23 @@ from typing import Callable, Optional
 from mega_fairseq.modules.activations import ACTIVATIONS, ATTENTION_ACTIVATIONS
 from mega_fairseq.modules.length_options import optional_length
 from mega_fairseq.modules.relative_position import REL_POS_BIAS_TYPES
-from mega_fairseq.modules.sequence_norm import NORM_TYPES
+from mega_fairseq.modules.sequence_norm import NORM_TYPES, SEQUENCE_STATISTICS_NORM_TYPES
 
-POSITIVE_FIELDS = ("embed_dim", "zdim", "hdim", "ndim", "ffn_hidden_dim", "max_positions")
+# Mega's real EMA, Megalodon's complex EMA
+EMA_TYPES = ("ema", "cema")
+# the normalized FFN: two linear layers with the block activation, or SwiGLU
+FFN_TYPES = ("mlp", "swiglu")
+
+POSITIVE_FIELDS = ("embed_dim", "zdim", "hdim", "ndim", "ffn_hidden_dim", "max_positions",
+                   "timestep_norm_groups")
 PROBABILITY_FIELDS = ("dropout", "attention_dropout", "hidden_dropout", "activation_dropout")
 CHOICE_FIELDS = {
     "activation": ACTIVATIONS,
     "attention_activation": ATTENTION_ACTIVATIONS,
     "norm_type": NORM_TYPES,
     "rel_pos_bias": REL_POS_BIAS_TYPES,
+    "ema_type": EMA_TYPES,
+    "ffn_type": FFN_TYPES,
 }
 LENGTH_FIELDS = ("chunk_size", "truncation")
 
@@ -52,6 +60,14 @@ class MegaLayerSettings:
     ``cross_max_positions``: positions the cross-attention bias covers (queries: target,
     keys: source); None: ``max_positions``. ``chunk_size`` and ``truncation`` are stored
     normalised: None when off (given as None, 0 or -1), else the length.
+
+    Megalodon's parts (Ma et al. 2024): ``ema_type`` 'cema' (complex EMA),
+    ``norm_type`` 'timestepnorm' (with ``timestep_norm_groups``; it normalises the inputs of
+    the sequence-mixing sublayer and the stack's output, while the position-wise sublayers
+    use layernorm, see :attr:`positionwise_norm_type`), ``normalized_attention`` (queries
+    and keys from the L2-normalised shared representation, unscaled scores),
+    ``update_gate`` False (the sublayer output is residual + h), ``two_hop_residual``
+    (the FFN's residual is the block input; needs pre-norm) and ``ffn_type`` 'swiglu'.
     """
 
     embed_dim: int
@@ -77,6 +93,12 @@ class MegaLayerSettings:
     cross_max_positions: Optional[int] = None
     chunk_size: Optional[int] = None
     truncation: Optional[int] = None
+    ema_type: str = "ema"
+    timestep_norm_groups: int = 16
+    normalized_attention: bool = False
+    update_gate: bool = True
+    two_hop_residual: bool = False
+    ffn_type: str = "mlp"
 
     def __post_init__(self):
         for name in LENGTH_FIELDS:
@@ -108,11 +130,22 @@ class MegaLayerSettings:
         if self.rel_pos_bias == "rotary" and self.zdim % 2 != 0:
             raise InvalidSetting("{rel_pos_bias} rotary needs an even {zdim}, got {value}",
                                  value=self.zdim)
+        if self.norm_type == "timestepnorm" and self.embed_dim % self.timestep_norm_groups != 0:
+            raise InvalidSetting("{timestep_norm_groups} must divide {embed_dim} ({value}), got {groups}",
+                                 value=self.embed_dim, groups=self.timestep_norm_groups)
+        if self.two_hop_residual and not self.prenorm:
+            raise InvalidSetting("{two_hop_residual} needs pre-norm blocks ({prenorm})")
         if self.bidirectional is None:
             self.bidirectional = not self.causal
         if self.causal and self.bidirectional:
             raise InvalidSetting("{bidirectional} must be False for a causal block: a "
                                  "bidirectional moving average would see future tokens")
+
+    @property
+    def positionwise_norm_type(self) -> str:
+        """The norm of the sublayers that mix no positions (FFN, cross-attention queries,
+        embedding norm): layernorm where ``norm_type`` is a sequence-statistics norm."""
+        return "layernorm" if self.norm_type in SEQUENCE_STATISTICS_NORM_TYPES else self.norm_type
 
     @property
     def chunked(self) -> bool:

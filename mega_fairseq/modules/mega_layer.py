@@ -46,7 +46,9 @@ class MegaLayer(nn.Module):
 
         Returns the block output (T x B x C) and, with ``need_attn``, the cross-attention
         weights (B x T x S) of decoders or the self-attention weights of other blocks.
+        With ``two_hop_residual`` the FFN adds its output to the block input x (Megalodon).
         """
+        block_input = x
         x, attn = self.self_attn(
             x, padding_mask=padding_mask, incremental_state=incremental_state,
             need_weights=need_attn and self.cross_attn is None,
@@ -63,5 +65,6 @@ class MegaLayer(nn.Module):
                 query_padding_mask=padding_mask,
                 start_position=start_position,
             )
-        x = self.ffn(x, padding_mask=padding_mask)
+        x = self.ffn(x, padding_mask=padding_mask,
+                     residual=block_input if self.settings.two_hop_residual else None)
         return x, attn

@@ -1,4 +1,8 @@
-"""Normalisation layers over ``T x B x C`` sequences, selected by name."""
+"""Normalisation layers over ``T x B x C`` sequences, selected by name.
+
+``timestepnorm`` (Megalodon's cumulative group norm, :mod:`mega_fairseq.modules.timestep_norm`)
+is causal and carries its statistics in the incremental state; the others normalise each
+position by itself (batch norms: by batch statistics)."""
 
 from typing import Optional
 
@@ -9,9 +13,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mega_fairseq.modules.activations import check_choice
+from mega_fairseq.modules.incremental import IncrementalState
 from mega_fairseq.modules.precision import full_precision, upcast
+from mega_fairseq.modules.timestep_norm import TimestepNorm
 
-NORM_TYPES = ("layernorm", "scalenorm", "rmsnorm", "batchnorm", "syncbatchnorm")
+NORM_TYPES = ("layernorm", "scalenorm", "rmsnorm", "batchnorm", "syncbatchnorm", "timestepnorm")
+# norms whose output at a position depends on earlier positions (and on the incremental state)
+SEQUENCE_STATISTICS_NORM_TYPES = ("timestepnorm",)
 
 
 def _root_mean_square(x: Tensor, eps: float) -> Tensor:
@@ -134,13 +142,17 @@ class MaskedBatchNorm(nn.Module):
 
 class SequenceNorm(nn.Module):
     """The normalisation named ``norm_type`` (one of :data:`NORM_TYPES`) over the channels of
-    ``T x B x C`` inputs; batch norms use only non-padded positions for their statistics."""
+    ``T x B x C`` inputs; batch norms and the timestep norm use only non-padded positions for
+    their statistics. ``num_groups``: the timestep norm's groups."""
 
-    def __init__(self, norm_type: str, embed_dim: int, affine: bool = True, eps: float = 1e-5):
+    def __init__(self, norm_type: str, embed_dim: int, affine: bool = True, eps: float = 1e-5,
+                 num_groups: int = 16):
         super().__init__()
         check_choice("norm_type", norm_type, NORM_TYPES)
         self.norm_type = norm_type
-        if norm_type == "layernorm":
+        if norm_type == "timestepnorm":
+            self.norm = TimestepNorm(embed_dim, num_groups, affine=affine, eps=eps)
+        elif norm_type == "layernorm":
             self.norm = Float32LayerNorm(embed_dim, eps=eps, elementwise_affine=affine)
         elif norm_type == "scalenorm":
             self.norm = ScaleNorm(embed_dim, affine=affine, eps=eps)
@@ -150,8 +162,12 @@ class SequenceNorm(nn.Module):
             self.norm = MaskedBatchNorm(embed_dim, affine=affine, eps=eps,
                                         synchronized=norm_type == "syncbatchnorm")
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
-        """x: T x B x C; padding_mask: B x T (True = pad), used by batch norms -> T x B x C."""
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None,
+                incremental_state: Optional[IncrementalState] = None) -> Tensor:
+        """x: T x B x C; padding_mask: B x T (True = pad), used by batch norms and the
+        timestep norm; incremental_state: the timestep norm's carried statistics -> T x B x C."""
+        if isinstance(self.norm, TimestepNorm):
+            return self.norm(x, padding_mask, incremental_state)
         if isinstance(self.norm, MaskedBatchNorm):
             return self.norm(x, padding_mask)
         return self.norm(x)
