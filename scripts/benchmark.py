@@ -7,17 +7,19 @@
     python scripts/benchmark.py --sections layer --device cuda   # the layer section on a GPU
 
 Sections:
-  layer       one Mega block (full attention; chunk 128/256) vs one fairseq transformer
-              encoder/decoder layer of the same width: forward+backward time and peak
-              memory over sequence lengths 256 ... 8192 at constant tokens per batch
+  layer       one Mega block (full attention; chunk 128/256), and one Megalodon block of
+              the same widths and chunking, vs one fairseq transformer encoder/decoder
+              layer of the same width: forward+backward time and peak memory over
+              sequence lengths 256 ... 8192 at constant tokens per batch
   ema         our EMA vs a straightforward one (all powers materialised, linear FFT
               convolution as in the original research code), lengths up to 16k
   hf          our Mega layer vs the Hugging Face port (transformers==4.40.2) on identical
               weights: outputs compared, forward+backward time and memory
   generation  incremental decoding tokens/s (LM sampling, MT beam 5) vs fairseq's
               transformer; incremental vs recomputing the prefix; per-token cost vs position
-  training    fairseq-train words/s of mega_lm vs transformer_lm (512 and 2048 tokens per
-              sample) and mega vs transformer (translation), matched parameters
+  training    fairseq-train words/s of mega_lm and megalodon_lm vs transformer_lm (512
+              and 2048 tokens per sample) and mega vs transformer (translation), matched
+              parameters (--training-only REGEX: the comparisons whose label matches)
   lm          forward+backward time of 4-layer mega_lm vs transformer_lm (matched used
               parameters) at widths 128/256/512 and 512 tokens (full attention), 2048
               tokens (chunk 128), and each one's matrix-multiply FLOP/s as a fraction of
@@ -34,6 +36,7 @@ import argparse
 import importlib
 import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -67,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu",
                         help="torch device of the layer section: cpu (default), cuda, cuda:N; "
                              "the other sections run on the CPU only")
+    parser.add_argument("--training-only", metavar="REGEX", default=None,
+                        help="the training section runs only the comparisons whose label matches "
+                             "(re.search), e.g. 'width 256|mega_lm_tiny' (default: all)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     sections = [name.strip() for name in args.sections.split(",") if name.strip()]
@@ -82,6 +88,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.repeats = 1 if args.quick else 3
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.training_only is not None:
+        try:
+            re.compile(args.training_only)
+        except re.error as error:
+            parser.error(f"--training-only {args.training_only!r} is not a regular expression ({error})")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     problem = device_problem(args.device, sections)
@@ -147,10 +158,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     options = SectionOptions(quick=args.quick, repeats=args.repeats, work_dir=args.work_dir or args.out_dir / "scratch",
-                             progress=not args.no_progress, device=args.device)
+                             progress=not args.no_progress, device=args.device, training_only=args.training_only)
     options.work_dir.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine_facts(args.device), "quick": args.quick, "repeats": args.repeats,
-              "device": args.device, "sections": {}}
+              "device": args.device, "training_only": args.training_only, "sections": {}}
     results = []
     for name in args.sections:
         started = time.perf_counter()

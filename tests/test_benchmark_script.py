@@ -25,3 +25,19 @@ def test_bad_repeats_is_refused(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert completed.returncode == 2 and "--repeats must be at least 1" in completed.stderr
+
+
+def test_bad_training_only_pattern_is_refused(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--sections", "training", "--training-only", "(",
+         "--out-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 2 and "--training-only '(' is not a regular expression" in completed.stderr
+
+
+def test_training_only_is_parsed():
+    import benchmark  # scripts/ is on sys.path (conftest)
+
+    assert benchmark.parse_args([]).training_only is None
+    assert benchmark.parse_args(["--training-only", "width 256|mega_lm_tiny"]).training_only == "width 256|mega_lm_tiny"

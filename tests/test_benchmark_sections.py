@@ -1,10 +1,13 @@
-"""The benchmark sections "generation" and "lm" (scripts/benchmarking/) run end to end
-in quick mode and return well-formed rows and targets. Timings are never asserted: only
-that they were measured (finite, positive) and that the checks built into the sections
-passed (the incremental and the recomputing greedy decoders produced the same tokens)."""
+"""The benchmark sections "generation", "lm" and "layer" (scripts/benchmarking/) run end to
+end in quick mode and return well-formed rows and targets, Megalodon's rows
+among them. Timings are never asserted: only that they were measured (finite, positive)
+and that the checks built into the sections passed (the incremental and the recomputing
+greedy decoders produced the same tokens)."""
 
 import json
 import math
+
+import pytest
 
 from benchmarking.results import SectionOptions  # scripts/ is on sys.path (conftest)
 
@@ -120,4 +123,48 @@ def test_lm_section_counts_the_matrix_products_torch_runs(tmp_path):
                         * config.batch * config.length)
             assert abs(analytic / counter.get_total_flops() - 1) < 0.01, (kind, config)
 
-# the training section runs (quick) in tests/test_benchmark_script.py, checked there
+def test_layer_section_quick_has_megalodon_twins(tmp_path):
+    """Every Mega variant of the layer section (full, chunked) has a Megalodon twin at every
+    length and side, measured like it; the twins' ratios are reported (no bar) and the plot
+    draws them."""
+    from benchmarking import layer_scaling
+    from benchmarking.report import plot
+
+    result = layer_scaling.run(_quick_options(tmp_path))
+    assert result.name == "layer" and result.notes
+    json.dumps(result.to_json())
+    rows = {(row["side"], row["model"], row["length"]): row for row in result.rows}
+    megas = [key for key in rows if key[1].startswith("mega (")]
+    assert {key[1] for key in megas} == {"mega (full)", "mega (chunk 16)"}
+    assert {(side, length) for side, _, length in megas} == {
+        (side, length) for side in ("encoder", "decoder") for length in layer_scaling.QUICK_LENGTHS}
+    for side, model, length in megas:
+        twin = rows[(side, "megalodon" + model[len("mega"):], length)]
+        mega = rows[(side, model, length)]
+        for key in ("median_s", "peak_mib", "speedup_vs_transformer", "memory_vs_transformer", "time_vs_mega",
+                    "memory_vs_mega"):
+            assert _positive_finite(twin[key]), (key, twin)
+        assert len(twin["times_s"]) == len(mega["times_s"]) and twin["batch"] == mega["batch"]
+        assert math.isclose(twin["time_vs_mega"], twin["median_s"] / mega["median_s"])
+        # same widths; Megalodon has no update gate, so fewer weights
+        assert 0.85 * mega["parameters"] < twin["parameters"] < mega["parameters"]
+    assert len(result.rows) == len(rows) == 2 * len(megas) + 2 * len(layer_scaling.QUICK_LENGTHS)
+    megalodon_targets = [target for target in result.targets if "megalodon" in target.name]
+    assert len(megalodon_targets) == 6  # speed-up, memory and time vs Mega, each side
+    for target in megalodon_targets:
+        assert target.informative and target.bar == "(no bar)" and _positive_finite(target.measured), target
+    assert sum(not target.informative for target in result.targets) == 6  # Mega's bars, as before
+    assert plot([result], tmp_path / "layer.png") and (tmp_path / "layer.png").stat().st_size > 10_000
+
+
+# the training section's quick run, Megalodon's rows included, is checked by
+# tests/test_readme_commands.py::test_quick_benchmark_as_written
+
+
+def test_training_only_matching_nothing_is_refused(tmp_path):
+    from benchmarking import training
+
+    options = SectionOptions(quick=True, repeats=1, work_dir=tmp_path, progress=False, training_only="nothing")
+    with pytest.raises(ValueError, match="matches none of the comparisons: LM @ 64, width 64;"):
+        training.run(options)
+    assert not (tmp_path / "training" / training.LM_DATA).exists()  # refused before any work

@@ -1,6 +1,6 @@
-"""Data-parallel ``mega_lm`` training over 2 CPU processes (gloo) through fairseq's own
-torch.distributed support, launched with ``torchrun``, against one process with the same
-effective batch.
+"""Data-parallel ``mega_lm`` and ``megalodon_lm`` training over 2 CPU processes (gloo)
+through fairseq's own torch.distributed support, launched with ``torchrun``, against one
+process with the same effective batch.
 
 fairseq shards the (identically shuffled) list of batches across workers round-robin:
 worker ``r`` of ``W`` takes batches ``r, r+W, r+2W, ...``, and one update consumes one batch
@@ -9,6 +9,12 @@ accumulates batches ``kW .. kW+W-1`` into update ``k``: exactly the same samples
 With every dropout off, the two runs must follow the same loss trajectory and end with the
 same parameters, up to float summation order (the all-reduce adds the workers' gradients in
 another order than gradient accumulation does).
+
+``--task segment_language_modeling`` orders the batches by stream group instead (group g of
+G takes batches g, g+G, ...; G defaults to the number of workers), and the decoder carries
+each group's state from one of its batches to the next: worker r of 2 holds group r's
+state, one process with ``--update-freq 2 --segment-groups 2`` holds both groups' states,
+and the two must again train alike.
 """
 
 import json
@@ -86,17 +92,31 @@ def _assert_two_workers(result):
     assert re.search(r"distributed init \(rank 1\): env://", log), log[-3000:]
 
 
-@pytest.fixture(scope="module")
-def single_process(tmp_path_factory, shakespeare_lm_data):
-    """The reference: one process, same batch size, gradients of WORKERS batches accumulated."""
-    save = tmp_path_factory.mktemp("single")
-    result = run_cli([console_script("fairseq-train"), shakespeare_lm_data, *TRAIN,
+def _replaced(args, **values):
+    """``args`` with the values of the given options (``arch="x"`` for ``--arch``) replaced."""
+    args = list(args)
+    for name, value in values.items():
+        args[args.index("--" + name.replace("_", "-")) + 1] = value
+    return args
+
+
+def _single_process_run(save, data, train, *extra):
+    """One process, same batch size, gradients of WORKERS batches accumulated -> (updates,
+    final model state dict, log)."""
+    result = run_cli([console_script("fairseq-train"), data, *train, *extra,
                       "--update-freq", str(WORKERS), "--max-update", str(UPDATES), "--save-dir", save])
     updates = _updates(result)
     assert sorted(updates) == list(range(1, UPDATES + 1)), result.stdout[-3000:]
     losses = [loss for loss, _, _ in updates.values()]
     assert losses[-1] < losses[0] - 1.0, losses  # it learns: the comparison is not vacuous
-    return updates, _model(save / "checkpoint_last.pt")
+    return updates, _model(save / "checkpoint_last.pt"), result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory, shakespeare_lm_data):
+    """The reference: one process, same batch size, gradients of WORKERS batches accumulated."""
+    updates, model, _ = _single_process_run(tmp_path_factory.mktemp("single"), shakespeare_lm_data, TRAIN)
+    return updates, model
 
 
 @pytest.mark.slow
@@ -127,6 +147,46 @@ def test_legacy_ddp_matches_single_process_across_resume(tmp_path, shakespeare_l
     log = resumed.stdout + resumed.stderr
     assert re.search(rf"Loaded checkpoint .*checkpoint_last\.pt \(epoch 1 @ {half} updates\)", log), log[-3000:]
     _assert_same_trajectory(reference, _updates(resumed), range(half + 1, UPDATES + 1))
+    _assert_same_parameters(reference_model, _model(save / "checkpoint_last.pt"))
+
+
+# ------------------------------------------------------------------- megalodon_lm
+MEGALODON_TRAIN = _replaced(TRAIN, arch="megalodon_lm_tiny")
+# the one process carries both groups' states, each worker its own group's
+MEGALODON_CASES = {
+    "language_modeling": (MEGALODON_TRAIN, []),
+    "segment_language_modeling": (_replaced(MEGALODON_TRAIN, task="segment_language_modeling"),
+                                  ["--segment-groups", str(WORKERS)]),
+}
+# segment_language_modeling's layout: WORKERS groups of BATCH_SIZE streams
+SEGMENT_LAYOUT = re.compile(rf"segment-recurrent order: \d+ blocks of 64 tokens as {WORKERS * BATCH_SIZE} "
+                            rf"streams \({WORKERS} groups of {BATCH_SIZE}\)")
+
+
+@pytest.fixture(scope="module", params=sorted(MEGALODON_CASES))
+def megalodon_single_process(request, tmp_path_factory, shakespeare_lm_data):
+    """(task, training options, one-process reference updates, its final model)."""
+    train, single_only = MEGALODON_CASES[request.param]
+    updates, model, log = _single_process_run(tmp_path_factory.mktemp(f"megalodon_{request.param}"),
+                                              shakespeare_lm_data, train, *single_only)
+    if request.param == "segment_language_modeling":
+        assert SEGMENT_LAYOUT.search(log), log[-3000:]
+    return request.param, train, updates, model
+
+
+@pytest.mark.slow
+def test_megalodon_pytorch_ddp_matches_single_process(tmp_path, shakespeare_lm_data, megalodon_single_process):
+    """``megalodon_lm_tiny`` (complex EMA, timestep norm: more state than Mega's) under
+    pytorch_ddp; with segment_language_modeling the workers' default --segment-groups is 2,
+    and rank r trains group r from the state of its own previous batch."""
+    task, train, reference, reference_model = megalodon_single_process
+    save = tmp_path / "ckpt"
+    result = run_cli(_torchrun(shakespeare_lm_data, *train, *DISTRIBUTED,
+                               "--max-update", str(UPDATES), "--save-dir", save))
+    _assert_two_workers(result)
+    if task == "segment_language_modeling":
+        assert SEGMENT_LAYOUT.search(result.stdout + result.stderr), result.stdout[-3000:]
+    _assert_same_trajectory(reference, _updates(result), range(1, UPDATES + 1))
     _assert_same_parameters(reference_model, _model(save / "checkpoint_last.pt"))
 
 

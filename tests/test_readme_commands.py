@@ -37,6 +37,12 @@ COVERAGE = {
     "python scripts/benchmark.py": "test_readme_commands.py::test_full_benchmark_options_parse",
     "python scripts/benchmark.py --sections layer,hf --repeats 5 --out-dir work-dirs/bench":
         "test_readme_commands.py::test_full_benchmark_options_parse",
+    "fairseq-train bin --user-dir mega_fairseq --task segment_language_modeling --arch megalodon_lm_tiny "
+    "--tokens-per-sample 128 --decoder-chunk-size 32 --optimizer adam --lr 3e-3 --batch-size 16 "
+    "--max-update 100 --cpu --save-dir checkpoints/megalodon":
+        "test_readme_megalodon.py::test_megalodon_segment_training_as_written",
+    "python scripts/eval_lm_stateful.py bin --path checkpoints/megalodon/checkpoint_best.pt --block-size 128 --cpu":
+        "test_readme_megalodon.py::test_megalodon_segment_training_as_written",
     **{f"python scripts/convert_checkpoint.py --source-format original "
        f"tests/fixtures/original_mega/{name}/checkpoint.pt converted/{name}":
        "test_readme_commands.py::test_pretrained_weights_conversions" for name in ("lm_a", "mt_a", "lra_a")},
@@ -184,14 +190,22 @@ def test_quick_benchmark_as_written(tmp_path):
     for row in report["sections"]["ema"]["rows"]:
         assert row["max_relative_difference"] < 1e-4
     training_rows = report["sections"]["training"]["rows"]
-    assert [row["comparison"] for row in training_rows] == [label for label in (
-        "LM @ 64, width 64", "LM @ 64, mega_lm_tiny", "LM @ 128, mega_lm_tiny", "translation, width 64")
-        for _ in range(2)]
-    for mega, transformer in zip(training_rows[::2], training_rows[1::2]):
-        assert mega["arch"].startswith("--arch mega") and transformer["arch"].startswith("--arch transformer")
-        assert abs(transformer["parameters_used"] - mega["parameters_used"]) / mega["parameters_used"] < 0.01
-        assert mega["words_per_batch"] == transformer["words_per_batch"]  # same batches
-        assert mega["wps_median"] > 0 and transformer["wps_median"] > 0
+    # each LM comparison trains megalodon_lm too (mega, megalodon, transformer), translation two models
+    models = {"LM @ 64, width 64": 3, "LM @ 64, mega_lm_tiny": 3, "LM @ 128, mega_lm_tiny": 3,
+              "translation, width 64": 2}
+    assert [row["comparison"] for row in training_rows] == [
+        label for label, count in models.items() for _ in range(count)]
+    for label in models:
+        mega, *others = [row for row in training_rows if row["comparison"] == label]
+        assert mega["arch"].startswith("--arch mega ") or mega["arch"].startswith("--arch mega_lm")
+        assert others[-1]["arch"].startswith("--arch transformer")
+        if len(others) == 2:
+            assert others[0]["arch"].startswith("--arch megalodon_lm")
+        for other in others:
+            assert abs(other["parameters_used"] - mega["parameters_used"]) / mega["parameters_used"] < 0.01
+            assert mega["words_per_batch"] == other["words_per_batch"]  # same batches
+            assert other["wps_median"] > 0
+        assert mega["wps_median"] > 0
     for row in report["sections"]["hf"]["rows"]:
         assert row["max_relative_difference"] <= 1e-5
     lm_rows = report["sections"]["lm"]["rows"]

@@ -1,6 +1,7 @@
-"""The models the benchmark sections "generation" and "training" compare, as fairseq
-command-line options: Mega's and the fairseq transformers', with the task options they
-share, and the search for the transformer's FFN width that matches Mega's parameters.
+"""The models the benchmark sections "generation", "training" and "layer" compare, as fairseq
+command-line options (Mega's, Megalodon's and the fairseq transformers', with the task
+options they share) or block settings, and the search for the FFN width that matches
+Mega's parameters.
 
 Baselines are sized by the parameters a training step really uses (they get a gradient):
 fairseq 0.12.2's transformer encoder layers register a second copy of their weights for an
@@ -9,12 +10,16 @@ its used count comes closest to Mega's (same width, layers and embedding sharing
 """
 
 import functools
+import math
 from pathlib import Path
 from typing import List, Tuple
 
 VOCABULARY = 1000  # words of the generated dictionaries and corpora
 
 MEGA_LM = ("--arch", "mega_lm_tiny")
+MEGALODON_LM = ("--arch", "megalodon_lm_tiny")  # the sizes of mega_lm_tiny, 16 timestep-norm groups
+MEGALODON_LM_FFN = ("--decoder-ffn-embed-dim",)
+TIMESTEP_NORM_GROUPS = 32  # megalodon_lm's (the 200M shape's), where the width allows
 TRANSFORMER_LM = ("--arch", "transformer_lm", "--decoder-layers", "2", "--decoder-embed-dim", "64",
                   "--decoder-input-dim", "64", "--decoder-output-dim", "64",
                   "--decoder-attention-heads", "4", "--share-decoder-input-output-embed")
@@ -39,6 +44,28 @@ def mega_lm_options(width: int, layers: int) -> Tuple[str, ...]:
     """``mega_lm`` of :func:`mega_sizes` with ``layers`` blocks and tied embeddings."""
     return ("--arch", "mega_lm", "--share-decoder-input-output-embed", "--decoder-layers", str(layers),
             *mega_sizes(("decoder",), width))
+
+
+def timestep_norm_groups(width: int) -> int:
+    """Timestep-norm groups of a ``width``-wide Megalodon: TIMESTEP_NORM_GROUPS, or the
+    largest divisor of the width below it (the groups must divide the width)."""
+    return math.gcd(width, TIMESTEP_NORM_GROUPS)
+
+
+def megalodon_settings(width: int) -> dict:
+    """What makes a Mega block a Megalodon block (``MegaLayerSettings`` keywords, the
+    defaults of ``megalodon_lm``): complex EMA, timestep norm, normalized attention, no
+    update gate, the two-hop residual, rotary positions."""
+    return dict(ema_type="cema", norm_type="timestepnorm", timestep_norm_groups=timestep_norm_groups(width),
+                normalized_attention=True, update_gate=False, two_hop_residual=True, rel_pos_bias="rotary")
+
+
+def megalodon_lm_options(width: int, layers: int) -> Tuple[str, ...]:
+    """``megalodon_lm`` (its defaults: :func:`megalodon_settings`) of :func:`mega_sizes` with
+    ``layers`` blocks and tied embeddings: :func:`mega_lm_options` with Megalodon's blocks.
+    Its chunk size is megalodon_lm's 2048 unless the caller sets ``--decoder-chunk-size``."""
+    return ("--arch", "megalodon_lm", "--share-decoder-input-output-embed", "--decoder-layers", str(layers),
+            *mega_sizes(("decoder",), width), "--timestep-norm-groups", str(timestep_norm_groups(width)))
 
 
 def transformer_lm_options(width: int, layers: int) -> Tuple[str, ...]:
@@ -112,9 +139,21 @@ def used_parameters(common: Tuple[str, ...], model_args: Tuple[str, ...]) -> int
     return count(task.build_model(args), task)[1]
 
 
+def without_options(model_args: Tuple[str, ...], options: Tuple[str, ...]) -> Tuple[str, ...]:
+    """``model_args`` without the options named in ``options`` (each with its value)."""
+    kept, arguments = [], iter(model_args)
+    for argument in arguments:
+        if argument in options:
+            next(arguments, None)
+        else:
+            kept.append(argument)
+    return tuple(kept)
+
+
 def with_ffn_width(model_args: Tuple[str, ...], ffn_options: Tuple[str, ...], width: int) -> Tuple[str, ...]:
-    """``model_args`` with every option of ``ffn_options`` set to ``width``."""
-    return model_args + tuple(a for option in ffn_options for a in (option, str(width)))
+    """``model_args`` with every option of ``ffn_options`` set to ``width`` (replacing any
+    value ``model_args`` gave it)."""
+    return without_options(model_args, ffn_options) + tuple(a for option in ffn_options for a in (option, str(width)))
 
 
 def with_matched_ffn_width(common: Tuple[str, ...], target_used: int, model_args: Tuple[str, ...],

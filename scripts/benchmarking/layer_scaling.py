@@ -1,11 +1,15 @@
-"""Section "layer": forward+backward time and peak memory of one Mega block against one
-fairseq transformer layer of the same width, over sequence lengths at a constant number
-of tokens per batch.
+"""Section "layer": forward+backward time and peak memory of one Mega block, and of one
+Megalodon block, against one fairseq transformer layer of the same width, over sequence
+lengths at a constant number of tokens per batch.
 
 Encoder side: Mega with a bidirectional EMA (full attention, and chunked) against
 ``TransformerEncoderLayer``; decoder side: causal Mega against ``TransformerDecoderLayer``
-without encoder attention (causal mask). Training mode with dropout 0.1 everywhere, as in
-training. Parameters are matched by construction (see :func:`layer_widths`).
+without encoder attention (causal mask). Every Mega variant has a Megalodon twin of the
+same widths and chunking (complex EMA, timestep norm, normalized attention, no update gate,
+two-hop residual, rotary positions: :func:`benchmarking.candidates.megalodon_settings`),
+reported without a bar. Training mode with dropout 0.1 everywhere, as in training.
+Parameters are matched by construction (see :func:`layer_widths`); Megalodon, without the
+update gate's projection, has 7-8% fewer.
 
 Runs on the CPU unless ``SectionOptions.device`` names another device (``benchmark.py
 --device cuda``): then layers and inputs live there, timers synchronise the device and peak
@@ -19,8 +23,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from benchmarking.candidates import megalodon_settings
 from benchmarking.measure import compare, ratio
-from benchmarking.results import SectionOptions, SectionResult, at_least, at_most
+from benchmarking.results import SectionOptions, SectionResult, at_least, at_most, reported
 
 FULL_LENGTHS = [256, 512, 1024, 2048, 4096, 8192]
 FULL_TOKENS = 8192
@@ -38,14 +43,17 @@ def layer_widths(quick: bool) -> Dict[str, int]:
                 ffn_transformer=4 * embed, heads=4, ndim=4 if quick else 16)
 
 
-def build_mega_layer(widths: Dict[str, int], causal: bool, chunk_size: int, max_length: int) -> nn.Module:
+def build_mega_layer(widths: Dict[str, int], causal: bool, chunk_size: int, max_length: int,
+                     megalodon: bool = False) -> nn.Module:
+    """One Mega block (``megalodon``: a Megalodon block of the same widths and chunking)."""
     from mega_fairseq.modules.mega_layer import MegaLayer, MegaLayerSettings
 
+    variant = megalodon_settings(widths["embed"]) if megalodon else dict(rel_pos_bias="simple")
     settings = MegaLayerSettings(
         embed_dim=widths["embed"], zdim=widths["zdim"], hdim=widths["hdim"], ndim=widths["ndim"],
         ffn_hidden_dim=widths["ffn_mega"], causal=causal, dropout=0.1, attention_dropout=0.1,
         hidden_dropout=0.1, activation_dropout=0.1, chunk_size=chunk_size,
-        max_positions=max(max_length, chunk_size), rel_pos_bias="simple",
+        max_positions=max(max_length, chunk_size), **variant,
     )
     return MegaLayer(settings)
 
@@ -95,17 +103,21 @@ def training_step(layer: nn.Module, x: torch.Tensor, transformer: bool, causal: 
 
 
 def candidates_for(length: int, tokens: int, widths: Dict[str, int], causal: bool,
-                   chunk_sizes: Tuple[int, ...],
-                   device: torch.device = torch.device("cpu")) -> Dict[str, Tuple[nn.Module, Callable[[], None]]]:
-    """{name: (layer, its training step)} for the transformer and every Mega variant, on
+                   chunk_sizes: Tuple[int, ...], device: torch.device = torch.device("cpu"),
+                   megalodon: bool = False) -> Dict[str, Tuple[nn.Module, Callable[[], None]]]:
+    """{name: (layer, its training step)} for the transformer, every Mega variant ("mega
+    (full)", "mega (chunk C)" for the chunk sizes below ``length``) and, with ``megalodon``
+    (as :func:`run` asks), each one's Megalodon twin ("megalodon (full)", ...), on
     ``device`` (the input is drawn on the CPU, so it is the same on every device)."""
     batch = max(1, tokens // length)
     x = torch.randn(length, batch, widths["embed"]).to(device)
-    layers = {"transformer": (build_transformer_layer(widths, causal), True),
-              "mega (full)": (build_mega_layer(widths, causal, -1, length), False)}
-    for chunk in chunk_sizes:
-        if chunk < length:
-            layers[f"mega (chunk {chunk})"] = (build_mega_layer(widths, causal, chunk, length), False)
+    attention = {"full": -1}
+    attention.update({f"chunk {chunk}": chunk for chunk in chunk_sizes if chunk < length})
+    layers = {"transformer": (build_transformer_layer(widths, causal), True)}
+    for family in ("mega", "megalodon") if megalodon else ("mega",):
+        for kind, chunk in attention.items():
+            layers[f"{family} ({kind})"] = (
+                build_mega_layer(widths, causal, chunk, length, megalodon=family == "megalodon"), False)
     out = {}
     for name, (layer, is_transformer) in layers.items():
         layer.to(device).train()
@@ -127,25 +139,36 @@ def run(options: SectionOptions) -> SectionResult:
         f"hidden {widths['hdim']}, FFN {widths['ffn_mega']}, EMA dims {widths['ndim']}; transformer: "
         f"embed {widths['embed']}, {widths['heads']} heads, FFN {widths['ffn_transformer']}, pre-norm"
     )
+    result.notes.append(
+        "megalodon: the Mega block's widths and chunking with Megalodon's parts (complex EMA, timestep norm "
+        f"of {megalodon_settings(widths['embed'])['timestep_norm_groups']} groups, normalized attention, no "
+        "update gate, two-hop residual, rotary positions; Mega: simple relative bias); time_vs_mega and "
+        "memory_vs_mega: Megalodon's over its Mega twin's; reported without a bar"
+    )
     if device.type != "cpu":
         result.notes.append(f"device: {describe_device(device)}; times after torch.cuda.synchronize, "
                             "peak memory from torch.cuda.max_memory_allocated")
     jobs = [(causal, length) for causal in (False, True) for length in lengths]
     for causal, length in tqdm(jobs, desc="layer scaling", disable=not options.progress):
-        candidates = candidates_for(length, tokens, widths, causal, chunk_sizes, device)
+        candidates = candidates_for(length, tokens, widths, causal, chunk_sizes, device, megalodon=True)
         measured = compare({name: step for name, (_, step) in candidates.items()}, options.repeats,
                            device=device)
         baseline = measured["transformer"]
         for name, measurement in measured.items():
             layer, step = candidates[name]
-            result.rows.append(dict(
+            row = dict(
                 label=f"{'decoder' if causal else 'encoder'} {name} @ {length}",
                 side="decoder" if causal else "encoder", model=name, length=length,
                 batch=max(1, tokens // length), parameters=used_parameters(layer, step),
                 median_s=measurement.median_s, times_s=measurement.times, peak_mib=measurement.peak_mib,
                 speedup_vs_transformer=ratio(baseline.median_s, measurement.median_s),
                 memory_vs_transformer=ratio(measurement.peak_mib, baseline.peak_mib),
-            ))
+            )
+            if name.startswith("megalodon"):  # against its Mega twin (same widths, chunking)
+                twin = measured[mega_twin(name)]
+                row.update(time_vs_mega=ratio(measurement.median_s, twin.median_s),
+                           memory_vs_mega=ratio(measurement.peak_mib, twin.peak_mib))
+            result.rows.append(row)
     result.targets.extend(_targets(result.rows, options.quick))
     return result
 
@@ -156,6 +179,11 @@ def describe_device(device: torch.device) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return str(device)
+
+
+def mega_twin(name: str) -> str:
+    """The Mega variant a Megalodon one mirrors: megalodon (chunk 128) -> mega (chunk 128)."""
+    return "mega" + name[len("megalodon"):]
 
 
 def _row(rows: List[dict], side: str, model: str, length: int) -> Optional[dict]:
@@ -180,4 +208,12 @@ def _targets(rows: List[dict], quick: bool):
                                row["memory_vs_transformer"], 1 / 3))
         targets.append(at_least(f"{side}: {chunk} speed-up widens from {at} to {longest} (ratio of speed-ups)",
                                 ratio(long_row["speedup_vs_transformer"], row["speedup_vs_transformer"]), 1))
+        megalodon = _row(rows, side, "megalodon" + chunk[len("mega"):], at)
+        if megalodon is not None:
+            name = megalodon["model"]
+            targets.append(reported(f"{side}: {name} speed-up vs transformer at {at}",
+                                    megalodon["speedup_vs_transformer"]))
+            targets.append(reported(f"{side}: {name} peak memory / transformer's at {at}",
+                                    megalodon["memory_vs_transformer"]))
+            targets.append(reported(f"{side}: {name} time / {chunk}'s at {at}", megalodon["time_vs_mega"]))
     return targets

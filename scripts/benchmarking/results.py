@@ -10,13 +10,15 @@ class SectionOptions:
     """quick: tiny sizes and one repetition (the CI smoke run); repeats: timed repetitions
     per candidate; work_dir: scratch space (data, checkpoints); progress: show tqdm bars;
     device: the torch device the "layer" section runs on ("cpu", "cuda", "cuda:1"; the other
-    sections run on the CPU only)."""
+    sections run on the CPU only); training_only: a regular expression, the "training"
+    section runs only the comparisons whose label it matches (None: all)."""
 
     quick: bool
     repeats: int
     work_dir: Path
     progress: bool = True
     device: str = "cpu"
+    training_only: Optional[str] = None
 
 
 @dataclass

@@ -6,15 +6,20 @@ random word sequences from a 1000-word vocabulary, binarized with fairseq-prepro
 a. language modelling at 512 ``--tokens-per-sample`` (Mega with full attention): 4-layer
    ``mega_lm`` against ``transformer_lm`` at widths 256 and 512, and ``mega_lm_tiny`` (2
    layers, 64 wide); at 2048 (Mega chunked): ``mega_lm_tiny``. Every batch holds the same
-   number of tokens (``--max-tokens``);
+   number of tokens (``--max-tokens``). Each comparison also trains ``megalodon_lm`` of the
+   same sizes and chunking (``megalodon_lm_options``, ``megalodon_lm_tiny``), reported
+   without a bar;
 b. translation: ``mega`` (mega_tiny's 2+2 blocks) against ``transformer`` at widths 128 and
    512.
 
-Each model trains a few dozen updates per run (the wide models fewer); runs alternate between the two models
+Each model trains a few dozen updates per run (the wide models fewer); runs alternate between the models
 (the order rotating each repetition). A run's throughput is the median ``wps`` of its
 ``train_inner`` log intervals after the first (warm-up); a model's is the median over runs.
 The transformer's FFN width is searched so that the parameters a training step uses
-match Mega's (:mod:`benchmarking.candidates`), for each data set and sequence length.
+match Mega's (:mod:`benchmarking.candidates`), for each data set and sequence length;
+Megalodon's FFN width is searched the same way, to the same count.
+``SectionOptions.training_only`` (``benchmark.py --training-only REGEX``) runs only the
+comparisons whose label matches.
 """
 
 import itertools
@@ -22,6 +27,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -34,6 +40,8 @@ from tqdm import tqdm
 
 from benchmarking.candidates import (
     MEGA_LM,
+    MEGALODON_LM,
+    MEGALODON_LM_FFN,
     TRANSFORMER_LM,
     TRANSFORMER_LM_FFN,
     TRANSFORMER_MT_FFN,
@@ -41,6 +49,7 @@ from benchmarking.candidates import (
     lm_task,
     mega_lm_options,
     mega_mt_options,
+    megalodon_lm_options,
     mt_task,
     transformer_lm_options,
     transformer_mt_options,
@@ -49,7 +58,7 @@ from benchmarking.candidates import (
     with_matched_ffn_width,
 )
 from benchmarking.measure import alternate, ratio
-from benchmarking.results import SectionOptions, SectionResult, Target, at_least, informative
+from benchmarking.results import SectionOptions, SectionResult, Target, at_least, informative, reported
 
 SECTION = "training"
 REPO = Path(__file__).resolve().parents[2]
@@ -58,6 +67,7 @@ SEED = 1
 # in the intervals where another process ran (threads wait for each other at every op).
 THREADS = 1
 LOG_TAIL_CHARACTERS = 4000
+LM_DATA, MT_DATA = "lm_bin", "mt_bin"  # the binarized corpora, in the section's work folder
 
 OPTIMIZATION = ("--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", "1e-3",
                 "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10", "--dropout", "0.1")
@@ -105,7 +115,8 @@ def plan_for(quick: bool) -> Plan:
 class Comparison:
     """One side-by-side: the data (fairseq's task options), Mega's and the baseline's model
     options (the baseline's FFN width filled in by :func:`match_baseline`), the target's bar
-    (None: reported without one) and the run length."""
+    (None: reported without one) and the run length; megalodon_args: a Megalodon trained
+    alongside (its FFN width matched too), or None."""
 
     label: str
     task_args: Tuple[str, ...]
@@ -117,10 +128,16 @@ class Comparison:
     log_interval: int
     extra_args: Tuple[str, ...] = ()
     tokens_per_sample: Optional[int] = None
+    megalodon_args: Optional[Tuple[str, ...]] = None
     used: Dict[str, int] = field(default_factory=dict)
 
     def models(self) -> Dict[str, Tuple[str, ...]]:
-        return {"mega": self.mega_args, "transformer": self.baseline_args}
+        """{name: model options}: mega, megalodon (where trained), the transformer last."""
+        models = {"mega": self.mega_args}
+        if self.megalodon_args is not None:
+            models["megalodon"] = self.megalodon_args
+        models["transformer"] = self.baseline_args
+        return models
 
 
 # ----------------------------------------------------------------------- data
@@ -176,7 +193,7 @@ def prepare_lm_data(root: Path, plan: Plan) -> Path:
     text.mkdir(parents=True, exist_ok=True)
     write_lines(text / "train.txt", random_lines(rng, words, plan.lm_train_tokens))
     write_lines(text / "valid.txt", random_lines(rng, words, 2000))
-    destination = fresh_directory(root / "lm_bin")
+    destination = fresh_directory(root / LM_DATA)
     run_logged([console_script("fairseq-preprocess"), "--only-source",
                 "--trainpref", str(text / "train.txt"), "--validpref", str(text / "valid.txt"),
                 "--destdir", str(destination), "--workers", str(plan.preprocess_workers)],
@@ -196,7 +213,7 @@ def prepare_mt_data(root: Path, plan: Plan) -> Path:
             lines = [" ".join(rng.choice(words) for _ in range(rng.randint(10, 50)))
                      for _ in range(pairs)]
             write_lines(text / f"{split}.{language}", lines)
-    destination = fresh_directory(root / "mt_bin")
+    destination = fresh_directory(root / MT_DATA)
     run_logged([console_script("fairseq-preprocess"), "--source-lang", "en", "--target-lang", "de",
                 "--trainpref", str(text / "train"), "--validpref", str(text / "valid"),
                 "--destdir", str(destination), "--joined-dictionary",
@@ -215,18 +232,22 @@ def comparisons_for(plan: Plan, lm_data: Path, mt_data: Path) -> List[Comparison
     def run_length(width: int) -> Tuple[int, int]:
         return (plan.wide_max_update, plan.wide_log_interval) if width > 128 else (plan.max_update, plan.log_interval)
 
+    # Megalodon with Mega's attention: full at the short length (megalodon_lm's own chunk, 2048
+    # and megalodon_lm_tiny's 64, overridden), chunks of long_chunk at the long one
+    full, chunked = ("--decoder-chunk-size", "-1"), ("--decoder-chunk-size", str(plan.long_chunk))
     comparisons = [
         Comparison(f"LM @ {short}, width {width}", lm_stream(short), mega_lm_options(width, WIDE_LM_LAYERS),
                    transformer_lm_options(width, WIDE_LM_LAYERS), TRANSFORMER_LM_FFN, SPEED_BAR, *run_length(width),
-                   tokens_per_sample=short)
+                   tokens_per_sample=short, megalodon_args=megalodon_lm_options(width, WIDE_LM_LAYERS) + full)
         for width in plan.lm_widths
     ]
     comparisons += [
         Comparison(f"LM @ {short}, mega_lm_tiny", lm_stream(short), MEGA_LM, TRANSFORMER_LM, TRANSFORMER_LM_FFN,
-                   None, plan.max_update, plan.log_interval, tokens_per_sample=short),
-        Comparison(f"LM @ {long}, mega_lm_tiny", lm_stream(long),
-                   MEGA_LM + ("--decoder-chunk-size", str(plan.long_chunk)), TRANSFORMER_LM,
-                   TRANSFORMER_LM_FFN, LONG_BAR, plan.max_update, plan.log_interval, tokens_per_sample=long),
+                   None, plan.max_update, plan.log_interval, tokens_per_sample=short,
+                   megalodon_args=MEGALODON_LM + full),
+        Comparison(f"LM @ {long}, mega_lm_tiny", lm_stream(long), MEGA_LM + chunked, TRANSFORMER_LM,
+                   TRANSFORMER_LM_FFN, LONG_BAR, plan.max_update, plan.log_interval, tokens_per_sample=long,
+                   megalodon_args=MEGALODON_LM + chunked),
     ]
     comparisons += [
         Comparison(f"translation, width {width}", mt_task(mt_data), mega_mt_options(width),
@@ -237,12 +258,27 @@ def comparisons_for(plan: Plan, lm_data: Path, mt_data: Path) -> List[Comparison
     return comparisons
 
 
+def selected(comparisons: List[Comparison], pattern: Optional[str]) -> List[Comparison]:
+    """The comparisons whose label matches ``pattern`` (``re.search``; None: all of them)."""
+    if pattern is None:
+        return comparisons
+    chosen = [comparison for comparison in comparisons if re.search(pattern, comparison.label)]
+    if not chosen:
+        raise ValueError(f"--training-only {pattern!r} matches none of the comparisons: "
+                         + "; ".join(comparison.label for comparison in comparisons))
+    return chosen
+
+
 def match_baseline(comparison: Comparison) -> None:
-    """Sets the baseline's FFN width so its used parameters come closest to Mega's."""
+    """Sets the baseline's FFN width so its used parameters come closest to Mega's, and
+    Megalodon's (where trained) the same way, to the same count."""
     mega_used = used_parameters(comparison.task_args, comparison.mega_args)
     comparison.baseline_args, baseline_used = with_matched_ffn_width(
         comparison.task_args, mega_used, comparison.baseline_args, comparison.baseline_ffn)
     comparison.used = {"mega": mega_used, "transformer": baseline_used}
+    if comparison.megalodon_args is not None:
+        comparison.megalodon_args, comparison.used["megalodon"] = with_matched_ffn_width(
+            comparison.task_args, mega_used, comparison.megalodon_args, MEGALODON_LM_FFN)
 
 
 # ---------------------------------------------------------------- training
@@ -283,8 +319,8 @@ def train_once(comparison: Comparison, model: str, repetition: int, plan: Plan, 
 
 
 def measure(comparison: Comparison, plan: Plan, repeats: int, root: Path, progress: tqdm) -> List[dict]:
-    """Alternating runs of both models (:func:`benchmarking.measure.alternate`); one row per
-    model."""
+    """Alternating runs of the models (:func:`benchmarking.measure.alternate`); one row per
+    model (Megalodon's also with its wps over Mega's)."""
     names = list(comparison.models())
 
     def runs_of(name: str) -> Callable[[], Tuple[float, float]]:
@@ -305,27 +341,37 @@ def measure(comparison: Comparison, plan: Plan, repeats: int, root: Path, progre
     rows = []
     for name in names:
         median = statistics.median(runs[name])
-        rows.append(dict(
+        row = dict(
             label=f"{comparison.label}: {name}", comparison=comparison.label,
             arch=" ".join(comparison.models()[name]), parameters_used=comparison.used[name],
             tokens_per_sample=comparison.tokens_per_sample, words_per_batch=statistics.median(batches[name]),
             wps_median=median, wps_runs=runs[name], wps_vs_transformer=ratio(median, baseline),
-        ))
+        )
+        if name == "megalodon":
+            row["wps_vs_mega"] = ratio(median, statistics.median(runs["mega"]))
+        rows.append(row)
     return rows
 
 
 def targets_for(rows: List[dict], comparisons: List[Comparison]) -> List[Target]:
-    ratios = {row["comparison"]: row["wps_vs_transformer"] for row in rows if row["label"].endswith(": mega")}
+    """Mega's wps over the transformer's, with the comparison's bar (or informative);
+    Megalodon's over the transformer's and over Mega's, reported."""
+    by_label = {row["label"]: row for row in rows}
     targets = []
     for comparison in comparisons:
         name = f"training wps mega vs transformer, {comparison.label}"
-        measured = ratios[comparison.label]
+        measured = by_label[f"{comparison.label}: mega"]["wps_vs_transformer"]
         targets.append(informative(name, measured) if comparison.bar is None
                        else at_least(name, measured, comparison.bar))
+        megalodon = by_label.get(f"{comparison.label}: megalodon")
+        if megalodon is not None:
+            targets.append(reported(f"training wps megalodon vs transformer, {comparison.label}",
+                                    megalodon["wps_vs_transformer"]))
+            targets.append(reported(f"training wps megalodon vs mega, {comparison.label}", megalodon["wps_vs_mega"]))
     return targets
 
 
-def notes_for(comparisons: List[Comparison], plan: Plan, repeats: int) -> List[str]:
+def notes_for(comparisons: List[Comparison], plan: Plan, repeats: int, pattern: Optional[str] = None) -> List[str]:
     notes = [
         f"fairseq-train --cpu, {THREADS} thread per run (OMP_NUM_THREADS), --max-tokens "
         f"{plan.max_tokens}, adam, dropout 0.1, {plan.max_update} updates per run logged every "
@@ -340,11 +386,20 @@ def notes_for(comparisons: List[Comparison], plan: Plan, repeats: int) -> List[s
         "mega_lm_tiny: 2 layers, 64 wide, against a 2-layer 64-wide transformer_lm with 4 heads; mega: 2+2 "
         "blocks of candidates.mega_sizes, shared embeddings; transformer: 2+2 layers of the same width; every "
         "baseline with the FFN width whose used-parameter count is closest to Mega's",
+        "megalodon_lm (LM comparisons): megalodon_lm's blocks (complex EMA, timestep norm, normalized attention, "
+        "no update gate, two-hop residual, rotary positions) with Mega's sizes (4-layer: candidates.mega_sizes, "
+        "timestep-norm groups candidates.timestep_norm_groups; tiny: megalodon_lm_tiny) and attention (full "
+        "at the short length, Mega's chunk at the long one); its FFN width, too, is the one whose used-parameter "
+        "count is closest to Mega's; reported without a bar",
     ]
+    if pattern is not None:
+        notes.append(f"only the comparisons matching --training-only {pattern!r}")
     for comparison in comparisons:
+        megalodon = ("" if comparison.megalodon_args is None else
+                     f", megalodon {comparison.used['megalodon']:,} (FFN width {comparison.megalodon_args[-1]})")
         notes.append(f"{comparison.label}: used parameters mega {comparison.used['mega']:,}, "
                      f"transformer {comparison.used['transformer']:,} "
-                     f"(FFN width {comparison.baseline_args[-1]})")
+                     f"(FFN width {comparison.baseline_args[-1]}){megalodon}")
     return notes
 
 
@@ -353,7 +408,13 @@ def run(options: SectionOptions) -> SectionResult:
     plan = plan_for(options.quick)
     root = Path(options.work_dir).resolve() / SECTION  # the commands run with cwd=root
     root.mkdir(parents=True, exist_ok=True)
-    comparisons = comparisons_for(plan, prepare_lm_data(root, plan), prepare_mt_data(root, plan))
+    lm_data, mt_data = root / LM_DATA, root / MT_DATA
+    comparisons = selected(comparisons_for(plan, lm_data, mt_data), options.training_only)
+    # only the data the chosen comparisons train on
+    if any(str(lm_data) in comparison.task_args for comparison in comparisons):
+        prepare_lm_data(root, plan)
+    if any(str(mt_data) in comparison.task_args for comparison in comparisons):
+        prepare_mt_data(root, plan)
     previous_disable = logging.root.manager.disable
     logging.disable(logging.INFO)  # fairseq's model-building messages while counting
     try:
@@ -362,10 +423,10 @@ def run(options: SectionOptions) -> SectionResult:
     finally:
         logging.disable(previous_disable)
     result = SectionResult(SECTION)
-    total_runs = len(comparisons) * 2 * options.repeats
+    total_runs = sum(len(comparison.models()) for comparison in comparisons) * options.repeats
     with tqdm(total=total_runs, desc=SECTION, disable=not options.progress) as progress:
         for comparison in comparisons:
             result.rows.extend(measure(comparison, plan, options.repeats, root, progress))
     result.targets.extend(targets_for(result.rows, comparisons))
-    result.notes.extend(notes_for(comparisons, plan, options.repeats))
+    result.notes.extend(notes_for(comparisons, plan, options.repeats, options.training_only))
     return result
