@@ -198,6 +198,11 @@ def _layer_rows(length: int, chunk: int, speedup: float, memory: float):
     return rows
 
 
+def _megalodon_row(length: int, chunk: int):
+    return dict(side="encoder", model=f"megalodon (chunk {chunk})", length=length, speedup_vs_transformer=6.0,
+                memory_vs_transformer=0.2, median_s=0.013, peak_mib=50.0)
+
+
 def test_layer_ratios_prefer_4096_tokens_else_the_longest_length():
     benchmark = {"sections": {"layer": {"rows": _layer_rows(2048, 128, 4.0, 0.3) + _layer_rows(4096, 128, 8.0, 0.21)
                                         + _layer_rows(8192, 128, 13.7, 0.11)}}}
@@ -233,7 +238,8 @@ def _fill_out_dir(out: Path, fp16_log: str, pytest_rc: int = 0):
                                "--out", str(out / "train" / f"{task}_{precision}.json")]) == 0
     (out / "benchmark").mkdir()
     (out / "benchmark" / "benchmark.json").write_text(json.dumps(
-        {"device": "cpu", "sections": {"layer": {"rows": _layer_rows(4096, 128, 8.0, 0.21)}}}))
+        {"device": "cpu", "sections": {"layer": {"rows": _layer_rows(4096, 128, 8.0, 0.21)
+                                                + [_megalodon_row(4096, 128)]}}}))
     (out / "benchmark.rc").write_text("0\n")
     (out / "benchmark.cmd").write_text("python scripts/benchmark.py --sections layer --device cpu\n")
 
@@ -259,6 +265,8 @@ def test_report_of_a_clean_check_passes(tmp_path, capsys):
     assert "5.5x faster at 0.13x memory" in markdown
     out = capsys.readouterr().out
     assert "encoder mega (chunk 128) @ 4096: 8.00x faster, 0.21x memory (paper: 5.5x, 0.13x at 4096)" in out
+    # Megalodon's block is in the table, but never set beside the Mega paper's figures
+    assert "| encoder | megalodon (chunk 128) | 6.00x | 0.20x |" in markdown and "megalodon (chunk 128) @" not in out
     assert "[check] passed" in out
 
 
@@ -358,10 +366,12 @@ def test_benchmark_layer_section_runs_with_device_cpu(tmp_path):
     report = json.loads((tmp_path / "benchmark.json").read_text())
     assert report["device"] == "cpu" and report["machine"]["device"] == "cpu" and list(report["sections"]) == ["layer"]
     rows = report["sections"]["layer"]["rows"]
-    assert {row["model"] for row in rows} == {"transformer", "mega (full)", "mega (chunk 16)"}
+    assert {row["model"] for row in rows} == {"transformer", "mega (full)", "mega (chunk 16)",
+                                              "megalodon (full)", "megalodon (chunk 16)"}
     assert all(row["median_s"] > 0 and row["peak_mib"] > 0 for row in rows)
     summary = check.benchmark_summary(tmp_path / "benchmark.json", completed.returncode)
-    assert summary["ok"] and summary["length"] == 64 and len(summary["rows"]) == 4  # 2 sides x 2 Mega variants
+    # 2 sides x (2 Mega variants and their Megalodon twins)
+    assert summary["ok"] and summary["length"] == 64 and len(summary["rows"]) == 8
 
 
 def test_measure_synchronises_only_cuda_devices():
@@ -376,8 +386,9 @@ def test_measure_synchronises_only_cuda_devices():
 def test_layer_benchmark_candidates_train_on_the_device(device):
     widths = layer_scaling.layer_widths(quick=True)
     for causal in (False, True):
-        candidates = layer_scaling.candidates_for(32, 64, widths, causal, (16,), device)
-        assert set(candidates) == {"transformer", "mega (full)", "mega (chunk 16)"}
+        candidates = layer_scaling.candidates_for(32, 64, widths, causal, (16,), device, megalodon=True)
+        assert set(candidates) == {"transformer", "mega (full)", "mega (chunk 16)", "megalodon (full)",
+                                   "megalodon (chunk 16)"}
         for name, (layer, step) in candidates.items():
             step()
             gradients = [p.grad for p in layer.parameters() if p.grad is not None]

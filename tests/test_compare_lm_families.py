@@ -44,3 +44,26 @@ def test_quick_comparison_end_to_end(tmp_path):
     table = (out / "results.md").read_text()
     assert all(f"| {name} |" in table for name in models)
     assert (out / "results.png").exists() or "matplotlib is not installed" in results["plot"]
+
+
+def test_full_comparison_options_as_the_readme_shows():
+    """The README's full command (about 16 minutes) parses as written to the documented
+    budget: 300 CPU seconds per model, the three models, 128-token blocks, chunk 32."""
+    import compare_lm_families  # scripts/ is on sys.path (conftest)
+
+    command = "python scripts/compare_lm_families.py"
+    assert f"`{command}`" in (REPO / "README.md").read_text()
+    args = compare_lm_families.parse_args(command.split()[2:])
+    assert args.budget_cpu_seconds == 300 and args.models == ["megalodon", "mega", "transformer"]
+    assert (args.tokens_per_sample, args.chunk_size, args.jobs) == (128, 32, 1)
+
+
+def test_bad_options_are_refused(capsys):
+    import compare_lm_families
+
+    for argv, message in ((["--models", "mega,gpt"], "unknown model(s) ['gpt']"),
+                          (["--chunk-size", "48"], "--chunk-size 48 does not divide --tokens-per-sample 128"),
+                          (["--segment-targets", "0.9,0.5"], "increasing fractions")):
+        with pytest.raises(SystemExit) as exited:
+            compare_lm_families.parse_args(argv)
+        assert exited.value.code == 2 and message in capsys.readouterr().err, argv

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lm_helpers import build_lm, make_dictionary
+from test_megalodon_lm import build_megalodon
 from mt_helpers import build_translation_model
 from mega_fairseq.models.mega_encoder_model import MegaEncoderModel, MegaEncoderModelConfig
 
@@ -48,6 +49,29 @@ def test_language_model_on_meta(activation, rel_pos_bias, chunk):
         model.decoder.reorder_incremental_state_scripting(state, torch.tensor([1, 0], device=META))
         step, _ = model(tokens[:, :7], incremental_state=state)
     assert step.device == META
+
+
+@pytest.mark.parametrize("chunk", [-1, 4])
+def test_megalodon_language_model_on_meta(chunk):
+    """megalodon_lm (complex EMA with its complex state, timestep norm with its running
+    statistics): training, segment-recurrent training and incremental decoding with beam
+    reordering, all on meta."""
+    model = build_megalodon(make_dictionary(), decoder_chunk_size=chunk).float().train().to(META)
+    tokens = meta_tokens(2, 10)
+    logits, _ = model(tokens)
+    logits.sum().backward()
+    assert_meta_gradients(model)
+    for first in (True, False):
+        logits, _ = model(tokens, segment={"key": "train:0", "first": first})
+    assert logits.device == META
+    model.eval()
+    state = {}
+    with torch.no_grad():
+        for end in (1, 2, 5, 6):
+            step, _ = model(tokens[:, :end], incremental_state=state)
+        model.decoder.reorder_incremental_state_scripting(state, torch.tensor([1, 0], device=META))
+        step, _ = model(tokens[:, :7], incremental_state=state)
+    assert step.device == META and step.shape == (2, 1, len(model.decoder.dictionary))
 
 
 @pytest.mark.parametrize("chunk", [-1, 3])

@@ -256,6 +256,10 @@ def test_full_benchmark_options_parse():
         assert options.quick is False
     assert options.sections == ["layer", "hf"] and options.repeats == 5
     assert options.out_dir == Path("work-dirs/bench").resolve()
+    # the Megalodon section's rerun of the two sections with Megalodon rows
+    command = "python scripts/benchmark.py --sections layer,training"
+    assert f"`{command}`" in README.read_text()
+    assert benchmark.parse_args(command.split()[2:]).sections == ["layer", "training"]
 
 
 def test_benchmark_extra_is_installed_with_the_test_extra():
