@@ -75,6 +75,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -97,6 +98,7 @@ from benchmarking.candidates import (  # noqa: E402
     used_parameters,
     with_matched_ffn_width,
 )
+from atomic_output import AtomicOutputs  # noqa: E402
 from benchmarking.training import console_script, fresh_directory, interval_stats  # noqa: E402
 
 BUNDLED_TEXT = REPO / "examples" / "language_model" / "data"
@@ -451,11 +453,8 @@ def eval_stateful(data: Path, checkpoint: Path, block_size: int, log_path: Path)
 
 # ------------------------------------------------------------------ one model
 def median(values: List[float]) -> Optional[float]:
-    values = sorted(values)
-    if not values:
-        return None
-    middle = len(values) // 2
-    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+    """The median, or None for no values."""
+    return statistics.median(values) if values else None
 
 
 def training_summary(runs: List[Tuple[Run, float]], budget: float) -> dict:
@@ -639,12 +638,6 @@ def plot(results: dict, path: Path) -> Optional[str]:
     return None
 
 
-def write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 # ------------------------------------------------------------------ main
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -697,8 +690,9 @@ def main(argv=None) -> int:
     results["wall_seconds_total"] = time.monotonic() - started
     note = plot(results, args.out_dir / "results.png")
     results["plot"] = "results.png" if note is None else note
-    write_atomically(args.out_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    write_atomically(args.out_dir / "results.md", markdown(results))
+    with AtomicOutputs() as outputs:  # both files or neither
+        outputs.path(args.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        outputs.path(args.out_dir / "results.md").write_text(markdown(results))
     print(markdown(results))
     failed = [name for name, row in results["models"].items() if "error" in row]
     if failed:

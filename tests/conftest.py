@@ -73,6 +73,15 @@ def run_cli(args, cwd=None, input_text=None, timeout=600, env=None):
     return result
 
 
+def with_option_values(args, **values):
+    """A copy of the command line ``args`` with the values of the given options replaced
+    (``task="x"`` sets the value after ``--task``; each option must be in ``args``)."""
+    args = list(args)
+    for name, value in values.items():
+        args[args.index("--" + name.replace("_", "-")) + 1] = value
+    return args
+
+
 def python_snippet(code: str, **kwargs):
     """Run code in a fresh interpreter of this environment (start-up hook included)."""
     return run_cli([sys.executable, "-c", code], **kwargs)

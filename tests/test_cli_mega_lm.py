@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import REPO, console_script, run_cli
+from conftest import REPO, console_script, run_cli, with_option_values
 from mega_fairseq.evaluation.count_baselines import unigram_perplexity
 
 TRAIN = [
@@ -65,10 +65,7 @@ def test_train_resume_and_eval_lm(tmp_path, shakespeare_lm_data):
 def test_long_context_chunked_training(tmp_path, shakespeare_lm_data):
     """2048-token samples with a chunk size that does not divide them train and evaluate."""
     save = tmp_path / "ckpt"
-    long_context = [a for a in TRAIN]
-    long_context[long_context.index("--tokens-per-sample") + 1] = "2048"
-    long_context[long_context.index("--decoder-chunk-size") + 1] = "100"
-    long_context[long_context.index("--batch-size") + 1] = "2"
+    long_context = with_option_values(TRAIN, tokens_per_sample="2048", decoder_chunk_size="100", batch_size="2")
     result = run_cli([console_script("fairseq-train"), shakespeare_lm_data, *long_context,
                       "--max-update", "4", "--save-dir", save])
     assert "num_updates 4" in result.stdout + result.stderr

@@ -12,31 +12,17 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, console_script, run_cli
+from conftest import REPO, console_script, run_cli, with_option_values
 from mega_fairseq.evaluation.count_baselines import unigram_perplexity
-from test_cli_mega_lm import MARGIN, _perplexity
+from test_cli_mega_lm import MARGIN, TRAIN as MEGA_LM_TRAIN, _perplexity
 
-TRAIN = [
-    "--user-dir", REPO / "mega_fairseq", "--task", "language_modeling", "--arch", "megalodon_lm_tiny",
-    "--tokens-per-sample", "64", "--decoder-chunk-size", "16", "--sample-break-mode", "none",
-    "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "20",
-    "--batch-size", "16", "--cpu", "--seed", "1", "--no-progress-bar", "--log-format", "simple",
-    "--no-epoch-checkpoints", "--log-interval", "20",
-]
+TRAIN = with_option_values(MEGA_LM_TRAIN, arch="megalodon_lm_tiny")
 # one epoch of the Shakespeare fixture is about 77 updates of 16 x 64 tokens: FIRST_UPDATES
 # stops inside the first epoch, so that the resumed run continues it mid-way
 FIRST_UPDATES = 60
 
 
-def _replaced(args, **values):
-    """``args`` with the values of the given options (``task="x"`` for ``--task``) replaced."""
-    args = list(args)
-    for name, value in values.items():
-        args[args.index("--" + name.replace("_", "-")) + 1] = value
-    return args
-
-
-SEGMENT_TRAIN = _replaced(TRAIN, task="segment_language_modeling")
+SEGMENT_TRAIN = with_option_values(TRAIN, task="segment_language_modeling")
 
 
 def _log(result) -> str:
@@ -184,7 +170,7 @@ def test_segment_training_resume_and_stateful_eval(tmp_path, shakespeare_lm_data
 
 
 def _first_update_loss(data, save, tokens_per_sample, *extra):
-    train = _replaced(SEGMENT_TRAIN, tokens_per_sample=str(tokens_per_sample), batch_size="1",
+    train = with_option_values(SEGMENT_TRAIN, tokens_per_sample=str(tokens_per_sample), batch_size="1",
                       decoder_chunk_size="48", log_interval="1")
     result = run_cli([console_script("fairseq-train"), data, *train, "--segment-groups", "1",
                       "--dropout", "0", "--max-update", "1", "--no-save", "--disable-validation",

@@ -24,7 +24,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, console_script, run_cli
+from conftest import REPO, console_script, run_cli, with_option_values
 
 BATCH_SIZE = 4
 WORKERS = 2
@@ -92,14 +92,6 @@ def _assert_two_workers(result):
     assert re.search(r"distributed init \(rank 1\): env://", log), log[-3000:]
 
 
-def _replaced(args, **values):
-    """``args`` with the values of the given options (``arch="x"`` for ``--arch``) replaced."""
-    args = list(args)
-    for name, value in values.items():
-        args[args.index("--" + name.replace("_", "-")) + 1] = value
-    return args
-
-
 def _single_process_run(save, data, train, *extra):
     """One process, same batch size, gradients of WORKERS batches accumulated -> (updates,
     final model state dict, log)."""
@@ -151,11 +143,11 @@ def test_legacy_ddp_matches_single_process_across_resume(tmp_path, shakespeare_l
 
 
 # ------------------------------------------------------------------- megalodon_lm
-MEGALODON_TRAIN = _replaced(TRAIN, arch="megalodon_lm_tiny")
+MEGALODON_TRAIN = with_option_values(TRAIN, arch="megalodon_lm_tiny")
 # the one process carries both groups' states, each worker its own group's
 MEGALODON_CASES = {
     "language_modeling": (MEGALODON_TRAIN, []),
-    "segment_language_modeling": (_replaced(MEGALODON_TRAIN, task="segment_language_modeling"),
+    "segment_language_modeling": (with_option_values(MEGALODON_TRAIN, task="segment_language_modeling"),
                                   ["--segment-groups", str(WORKERS)]),
 }
 # segment_language_modeling's layout: WORKERS groups of BATCH_SIZE streams

@@ -48,7 +48,7 @@ def randomise(model):
     """Every parameter moved away from its initial value (the embedding's padding row kept
     at zero)."""
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             parameter.add_(0.3 * torch.randn_like(parameter))
         embedding = model.decoder.embed_tokens
         embedding.weight[embedding.padding_idx].zero_()

@@ -99,6 +99,15 @@ def run_as_written(command: str, cwd: Path, timeout: int = 900, input_text=None)
     return result
 
 
+def folder_with_lm_text(root: Path, shakespeare_lm_data: Path) -> Path:
+    """:func:`repository_like_folder` holding the word-tokenised ``train/valid/test.txt``
+    that the "Language modelling in brief" block starts from."""
+    root = repository_like_folder(root)
+    for split in ("train", "valid", "test"):
+        shutil.copy(shakespeare_lm_data.parent / "text" / f"{split}.txt", root / f"{split}.txt")
+    return root
+
+
 def repository_like_folder(root: Path) -> Path:
     """A folder where the README's relative paths resolve as in the repository root."""
     root.mkdir(parents=True, exist_ok=True)
@@ -133,9 +142,7 @@ def test_readme_blocks_parse_continuations_and_comments():
 @pytest.mark.slow
 def test_language_modelling_in_brief(tmp_path, shakespeare_lm_data):
     """The README's language-modelling block, every line as written, in order."""
-    root = repository_like_folder(tmp_path / "repo")
-    for split in ("train", "valid", "test"):
-        shutil.copy(shakespeare_lm_data.parent / "text" / f"{split}.txt", root / f"{split}.txt")
+    root = folder_with_lm_text(tmp_path / "repo", shakespeare_lm_data)
     preprocess, train, evaluate, stateful, interactive = lm_block()
 
     run_as_written(preprocess, root)

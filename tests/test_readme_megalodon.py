@@ -4,12 +4,11 @@ that the "Language modelling in brief" block's first command makes, then carried
 evaluation with ``scripts/eval_lm_stateful.py``."""
 
 import re
-import shutil
 
 import pytest
 
 from mega_fairseq.evaluation.count_baselines import unigram_perplexity
-from test_readme_commands import README, lm_block, readme_blocks, repository_like_folder, run_as_written
+from test_readme_commands import README, folder_with_lm_text, lm_block, readme_blocks, run_as_written
 
 
 def megalodon_block():
@@ -20,9 +19,7 @@ def megalodon_block():
 
 @pytest.mark.slow
 def test_megalodon_segment_training_as_written(tmp_path, shakespeare_lm_data):
-    root = repository_like_folder(tmp_path / "repo")
-    for split in ("train", "valid", "test"):
-        shutil.copy(shakespeare_lm_data.parent / "text" / f"{split}.txt", root / f"{split}.txt")
+    root = folder_with_lm_text(tmp_path / "repo", shakespeare_lm_data)
     run_as_written(lm_block()[0], root)  # fairseq-preprocess ... --destdir bin
     train, evaluate = megalodon_block()
 

@@ -12,7 +12,7 @@ its used count comes closest to Mega's (same width, layers and embedding sharing
 import functools
 import math
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 VOCABULARY = 1000  # words of the generated dictionaries and corpora
 
@@ -47,8 +47,8 @@ def mega_lm_options(width: int, layers: int) -> Tuple[str, ...]:
 
 
 def timestep_norm_groups(width: int) -> int:
-    """Timestep-norm groups of a ``width``-wide Megalodon: TIMESTEP_NORM_GROUPS, or the
-    largest divisor of the width below it (the groups must divide the width)."""
+    """Timestep-norm groups of a ``width``-wide Megalodon: the greatest common divisor of
+    the width and TIMESTEP_NORM_GROUPS (the groups must divide the width)."""
     return math.gcd(width, TIMESTEP_NORM_GROUPS)
 
 
@@ -58,6 +58,12 @@ def megalodon_settings(width: int) -> dict:
     update gate, the two-hop residual, rotary positions."""
     return dict(ema_type="cema", norm_type="timestepnorm", timestep_norm_groups=timestep_norm_groups(width),
                 normalized_attention=True, update_gate=False, two_hop_residual=True, rel_pos_bias="rotary")
+
+
+def mega_twin(name: str) -> Optional[str]:
+    """The Mega variant a Megalodon one mirrors (same widths and chunking): "megalodon
+    (chunk 128)" -> "mega (chunk 128)"; None for a name that is not Megalodon's."""
+    return "mega" + name[len("megalodon"):] if name.startswith("megalodon") else None
 
 
 def megalodon_lm_options(width: int, layers: int) -> Tuple[str, ...]:

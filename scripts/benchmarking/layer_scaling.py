@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from benchmarking.candidates import megalodon_settings
+from benchmarking.candidates import mega_twin, megalodon_settings
 from benchmarking.measure import compare, ratio
 from benchmarking.results import SectionOptions, SectionResult, at_least, at_most, reported
 
@@ -164,7 +164,7 @@ def run(options: SectionOptions) -> SectionResult:
                 speedup_vs_transformer=ratio(baseline.median_s, measurement.median_s),
                 memory_vs_transformer=ratio(measurement.peak_mib, baseline.peak_mib),
             )
-            if name.startswith("megalodon"):  # against its Mega twin (same widths, chunking)
+            if mega_twin(name) is not None:  # against its Mega twin (same widths, chunking)
                 twin = measured[mega_twin(name)]
                 row.update(time_vs_mega=ratio(measurement.median_s, twin.median_s),
                            memory_vs_mega=ratio(measurement.peak_mib, twin.peak_mib))
@@ -179,11 +179,6 @@ def describe_device(device: torch.device) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return str(device)
-
-
-def mega_twin(name: str) -> str:
-    """The Mega variant a Megalodon one mirrors: megalodon (chunk 128) -> mega (chunk 128)."""
-    return "mega" + name[len("megalodon"):]
 
 
 def _row(rows: List[dict], side: str, model: str, length: int) -> Optional[dict]:

@@ -4,6 +4,7 @@ import math
 from pathlib import Path
 from typing import Dict, List
 
+from benchmarking.candidates import mega_twin
 from benchmarking.results import SectionResult
 
 
@@ -59,13 +60,6 @@ def _series(rows: List[dict], group_key: str, x_key: str, y_key: str) -> Dict[st
     return {name: tuple(zip(*sorted(points))) for name, points in series.items()}
 
 
-def _mega_twin(name) -> str:
-    """The Mega curve a Megalodon curve mirrors ("megalodon (chunk 128)" -> "mega (chunk
-    128)"); "" for other curves."""
-    name = str(name)
-    return "mega" + name[len("megalodon"):] if name.startswith("megalodon") else ""
-
-
 def plot(results: List[SectionResult], path: Path) -> bool:
     """Log-log panels: time and peak memory against sequence length for the "layer" (encoder
     and decoder side: every candidate, Megalodon's dashed in its Mega twin's colour) and "ema" sections, and step time and matmul efficiency against width
@@ -107,7 +101,7 @@ def plot(results: List[SectionResult], path: Path) -> bool:
     for axis, (title, rows, group, (x_key, x_label), y_key, y_label) in zip(axes.flat, panels):
         colours: Dict[str, str] = {}
         for name, (xs, values) in _series(rows, group, x_key, y_key).items():
-            twin = _mega_twin(name)
+            twin = mega_twin(str(name))
             style = dict(linestyle="--", marker="s", color=colours[twin]) if twin in colours else dict(marker="o")
             (line,) = axis.plot(xs, values, label=name, **style)
             colours[name] = line.get_color()
