@@ -21,6 +21,22 @@ TRAIN = [
 MARGIN = 0.8
 
 
+PROMPTS = "To be , or not to be\nThe king\n"
+
+
+def interactive_continuations(data, checkpoint):
+    """The hypotheses (H- lines) ``fairseq-interactive`` writes for PROMPTS with beam search
+    (beam 3) and with top-k sampling, one list per mode."""
+    interactive = [console_script("fairseq-interactive"), data, "--user-dir", REPO / "mega_fairseq",
+                   "--task", "language_modeling", "--path", checkpoint, "--cpu",
+                   "--max-len-b", "12", "--tokens-per-sample", "64"]
+    continuations = []
+    for extra in (["--beam", "3"], ["--sampling", "--sampling-topk", "10", "--beam", "1", "--seed", "3"]):
+        result = run_cli(interactive + extra, input_text=PROMPTS)
+        continuations.append(re.findall(r"^H-\d+\t\S+\t(.*)$", result.stdout, re.M))
+    return continuations
+
+
 def _perplexity(output: str) -> float:
     return float(re.search(r"Perplexity: ([0-9.]+)", output).group(1))
 
@@ -51,13 +67,8 @@ def test_train_resume_and_eval_lm(tmp_path, shakespeare_lm_data):
     assert windowed_perplexity < MARGIN * baseline, (windowed_perplexity, baseline)
 
     # generation through fairseq-interactive: beam search and sampling continue the prompt
-    interactive = [console_script("fairseq-interactive"), shakespeare_lm_data, "--user-dir", REPO / "mega_fairseq",
-                   "--task", "language_modeling", "--path", save / "checkpoint_last.pt", "--cpu",
-                   "--max-len-b", "12", "--tokens-per-sample", "64"]
-    for extra in (["--beam", "3"], ["--sampling", "--sampling-topk", "10", "--beam", "1", "--seed", "3"]):
-        result = run_cli(interactive + extra, input_text="To be , or not to be\nThe king\n")
-        hypotheses = re.findall(r"^H-\d+\t\S+\t(.*)$", result.stdout, re.M)
-        assert len(hypotheses) == 2, result.stdout[-2000:]
+    for hypotheses in interactive_continuations(shakespeare_lm_data, save / "checkpoint_last.pt"):
+        assert len(hypotheses) == 2, hypotheses
         assert hypotheses[0].startswith("To be , or not to be") and len(hypotheses[0].split()) > 7
 
 

@@ -14,7 +14,7 @@ import torch
 
 from conftest import REPO, console_script, run_cli, with_option_values
 from mega_fairseq.evaluation.count_baselines import unigram_perplexity
-from test_cli_mega_lm import MARGIN, TRAIN as MEGA_LM_TRAIN, _perplexity
+from test_cli_mega_lm import MARGIN, TRAIN as MEGA_LM_TRAIN, _perplexity, interactive_continuations
 
 TRAIN = with_option_values(MEGA_LM_TRAIN, arch="megalodon_lm_tiny")
 # one epoch of the Shakespeare fixture is about 77 updates of 16 x 64 tokens: FIRST_UPDATES
@@ -83,13 +83,8 @@ def test_train_resume_eval_lm_and_interactive(tmp_path, shakespeare_lm_data, lm_
     assert perplexity < MARGIN * baseline, (perplexity, baseline)
 
     # fairseq-interactive continues each prompt, by beam search and by sampling
-    interactive = [console_script("fairseq-interactive"), shakespeare_lm_data, "--user-dir", REPO / "mega_fairseq",
-                   "--task", "language_modeling", "--path", save / "checkpoint_last.pt", "--cpu",
-                   "--max-len-b", "12", "--tokens-per-sample", "64"]
-    for extra in (["--beam", "3"], ["--sampling", "--sampling-topk", "10", "--beam", "1", "--seed", "3"]):
-        result = run_cli(interactive + extra, input_text="To be , or not to be\nThe king\n")
-        hypotheses = re.findall(r"^H-\d+\t\S+\t(.*)$", result.stdout, re.M)
-        assert len(hypotheses) == 2, result.stdout[-2000:]
+    for hypotheses in interactive_continuations(shakespeare_lm_data, save / "checkpoint_last.pt"):
+        assert len(hypotheses) == 2, hypotheses
         assert hypotheses[0].startswith("To be , or not to be") and len(hypotheses[0].split()) > 7, hypotheses
         assert hypotheses[1].startswith("The king"), hypotheses
 
